@@ -1,0 +1,124 @@
+"""The attack artifact: a backdoored model, its attack (config + trigger state) and its metrics.
+
+Layout of an artifact folder::
+
+    model.safetensors, model.json   the backdoored classifier (see tacrecon.io)
+    attack.safetensors              the trigger state and the poisoned indices
+    attack.json                     attack name and config, ACC/ASR/RA, seconds, provenance
+
+``attack.json`` is written last, atomically: a folder without it is incomplete (a killed run)
+and is redone; a folder with it is reused without retraining.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tacrecon.attacks import Attack, create_attack
+from tacrecon.data import Dataset, load_dataset
+from tacrecon.errors import TacreconError
+from tacrecon.io import (atomic_write_bytes, atomic_write_json, load_checkpoint, provenance, read_json,
+                         save_checkpoint)
+from tacrecon.metrics import accuracy, attack_rates
+from tacrecon.recipes import build_model, default_train_config, model_kwargs
+
+log = logging.getLogger(__name__)
+ATTACK_JSON, ATTACK_STATE = "attack.json", "attack.safetensors"
+
+
+@dataclass
+class Artifact:
+    """A loaded attack artifact: ``model`` (eval mode), ``attack`` (ready to ``apply``),
+    ``poison_index`` (K,) into the training split, and the ``record`` of attack.json."""
+
+    model: nn.Module
+    attack: Attack
+    poison_index: Tensor
+    record: dict[str, Any]
+
+
+def is_complete(out: str | Path) -> bool:
+    """True when ``out`` holds a finished artifact."""
+    return (Path(out) / ATTACK_JSON).is_file()
+
+
+def evaluate(model: nn.Module, attack: Attack, data: Dataset) -> dict[str, float | None]:
+    """ACC on the clean test split, and ASR / RA of ``attack`` (None for the ``none`` attack)."""
+    metrics: dict[str, float | None] = {"acc": accuracy(model, data.test), "asr": None, "ra": None}
+    if attack.name != "none":
+        metrics["asr"], metrics["ra"] = attack_rates(model, data.test, attack, attack.label_map())
+    return metrics
+
+
+def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str | Path | None = None,
+               device: torch.device | str = "cpu", seed: int = 0, attack_kwargs: dict[str, Any] | None = None,
+               train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train a backdoored ``arch`` on ``dataset`` with attack ``name`` and save the artifact.
+
+    A complete artifact at ``out`` is reused as is; an incomplete one is deleted and redone.
+    Returns the attack.json record.
+    """
+    out = Path(out)
+    if is_complete(out):
+        log.info("reusing the complete artifact in %s", out)
+        return read_json(out / ATTACK_JSON)
+    attack = create_attack(name, **(attack_kwargs or {}))
+    cfg = default_train_config(dataset, **(train_overrides or {}))
+    data = load_dataset(dataset, root=root, device=device)
+    if out.exists():
+        log.warning("%s holds an incomplete artifact: redoing it", out)
+        shutil.rmtree(out)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    attack.setup(data, generator)
+    kwargs = model_kwargs(arch, data)
+    model = build_model(arch, kwargs, seed).to(device)
+    index = attack.train(model, data.train, cfg, generator)
+    seconds = time.perf_counter() - start
+    record = {"attack": attack.name, "attack_config": attack.to_dict(), "dataset": dataset, "arch": arch,
+              "seed": seed, **evaluate(model, attack, data), "poisoned": int(index.numel()),
+              "train_samples": len(data.train), "seconds": seconds, "train_config": cfg.to_dict(),
+              "provenance": provenance(device)}
+    save_artifact(out, model, attack, index, record, kwargs, data)
+    return record
+
+
+def save_artifact(out: Path, model: nn.Module, attack: Attack, index: Tensor, record: dict[str, Any],
+                  kwargs: dict[str, Any], data: Dataset) -> None:
+    """Write the artifact files, attack.json last."""
+    from safetensors.torch import save
+
+    meta = {"arch": record["arch"], "model_kwargs": kwargs, "dataset": data.name, "classes": data.classes,
+            "input_shape": list(data.input_shape), "provenance": record["provenance"]}
+    save_checkpoint(model, out, meta)
+    state = {f"trigger.{k}": v.detach().cpu().contiguous() for k, v in attack.state_dict().items()}
+    state["poison_index"] = index.detach().cpu().contiguous()
+    atomic_write_bytes(out / ATTACK_STATE, save(state))
+    atomic_write_json(out / ATTACK_JSON, record)
+
+
+def load_artifact(path: str | Path, device: torch.device | str = "cpu") -> Artifact:
+    """Load the artifact in folder ``path``: model, attack with its trigger state, indices."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not is_complete(path):
+        raise TacreconError(f"{path}: not a complete attack artifact (no {ATTACK_JSON})")
+    record = read_json(path / ATTACK_JSON)
+    model, meta = load_checkpoint(path, device)
+    attack = create_attack(record["attack"], **record["attack_config"])
+    attack.bind(meta["model_kwargs"]["num_classes"], tuple(meta["input_shape"]))
+    try:
+        state = load_file(str(path / ATTACK_STATE))
+    except Exception as e:  # noqa: BLE001 - a damaged file is the user's problem, said in one line
+        raise TacreconError(f"{path / ATTACK_STATE}: cannot read ({type(e).__name__})") from None
+    attack.load_state_dict({k[len("trigger."):]: v.to(device) for k, v in state.items() if k.startswith("trigger.")})
+    return Artifact(model, attack, state["poison_index"].to(device), record)

@@ -1,0 +1,130 @@
+"""The attack interface: a trigger ``apply``, a data ``poison`` step and a ``train`` hook.
+
+An attack is a dataclass of hyperparameters. ``setup`` builds its trigger state from the data
+(a pattern, a warping field, a trained generator); ``apply`` is then a pure batched function
+that ASR evaluation calls; ``poison`` relabels a fraction of the training split; ``train`` runs
+the one training loop on the poisoned split, and only attacks that co-train a generator override
+it. Learned state goes through ``state_dict`` / ``load_state_dict`` so an artifact keeps it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from tacrecon.config import Config
+from tacrecon.data.split import Dataset, Split
+from tacrecon.errors import TacreconError
+from tacrecon.metrics import LabelMap, all2all, all2one
+from tacrecon.registry import Registry
+from tacrecon.train import TrainConfig, fit
+
+ATTACKS = Registry("attack")
+
+
+@dataclass
+class Attack(Config):
+    """Base hyperparameters shared by every attack.
+
+    Args:
+        target: the attacker's class for all-to-one attacks.
+        rate: poisoning rate, the fraction of the *whole* training split that is poisoned
+            (BackdoorBench's ``pratio``); samples are drawn among the eligible ones.
+        label_mode: ``all2one`` (every poisoned label -> ``target``) or ``all2all`` (y -> y+1 mod C).
+    """
+
+    target: int = 0
+    rate: float = 0.1
+    label_mode: str = "all2one"
+
+    clean_label: ClassVar[bool] = False  # poison only target-class samples, keep their labels
+
+    def validate(self) -> None:
+        if not 0 < self.rate < 1:
+            raise TacreconError(f"poison rate must be in (0, 1), got {self.rate}")
+        if self.label_mode not in ("all2one", "all2all"):
+            raise TacreconError(f"label_mode must be all2one or all2all, got {self.label_mode!r}")
+        if self.target < 0:
+            raise TacreconError(f"target class must be >= 0, got {self.target}")
+        if self.clean_label and self.label_mode != "all2one":
+            raise TacreconError(f"{type(self).__name__} is a clean-label attack: all2one only")
+
+    # --- trigger -----------------------------------------------------------------------------
+
+    def setup(self, data: Dataset, generator: torch.Generator) -> None:
+        """Build the trigger state for ``data``; the default only :meth:`bind`\ s its shapes."""
+        self.bind(data.num_classes, data.input_shape)
+
+    def bind(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+        """Check the target against ``num_classes`` and remember the image shape (C, H, W)."""
+        if self.target >= num_classes:
+            raise TacreconError(f"target class {self.target} is outside 0..{num_classes - 1}")
+        self.num_classes_, self.input_shape_ = num_classes, tuple(input_shape)
+
+    def apply(self, x: Tensor) -> Tensor:
+        """Triggered images: (N, C, H, W) in [0, 1] -> same shape, dtype, device, range."""
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor) -> Tensor:
+        check_images(x)
+        with torch.no_grad():
+            return self.apply(x).clamp_(0, 1)
+
+    def label_map(self) -> LabelMap:
+        """The label the attack wants for each true label."""
+        return all2one(self.target) if self.label_mode == "all2one" else all2all(self.num_classes_)
+
+    # --- poisoning and training --------------------------------------------------------------
+
+    def eligible(self, y: Tensor) -> Tensor:
+        """Boolean mask (N,) of the samples that may be poisoned."""
+        if self.clean_label:
+            return y == self.target
+        return self.label_map()(y) != y
+
+    def poison_index(self, y: Tensor, generator: torch.Generator) -> Tensor:
+        """Sorted indices of round(rate * N) eligible samples, drawn with ``generator``."""
+        candidates = torch.nonzero(self.eligible(y).cpu()).flatten()
+        n = round(self.rate * y.shape[0])
+        if n > candidates.numel():
+            raise TacreconError(f"rate {self.rate} asks for {n} samples but only {candidates.numel()} are eligible")
+        pick = torch.randperm(candidates.numel(), generator=generator)[:n]
+        return candidates[pick].sort().values
+
+    def poison(self, train: Split, generator: torch.Generator) -> tuple[Split, Tensor]:
+        """The poisoned training split and the poisoned indices (K,); ``train`` is not modified."""
+        idx = self.poison_index(train.y, generator).to(train.device)
+        x, y = train.x.clone(), train.y.clone()
+        x[idx] = self(x[idx])
+        if not self.clean_label:
+            y[idx] = self.label_map()(y[idx])
+        return Split(x, y), idx
+
+    def train(self, model: nn.Module, train: Split, cfg: TrainConfig, generator: torch.Generator) -> Tensor:
+        """Train ``model`` in place on the poisoned split; returns the poisoned indices."""
+        poisoned, idx = self.poison(train, generator)
+        fit(model, poisoned, cfg, generator=generator, desc=f"train {self.name}")
+        return idx
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registered_name", type(self).__name__.lower())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors of the learned or generated trigger (saved with the artifact)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+def check_images(x: Tensor) -> None:
+    """Raise unless ``x`` is a floating (N, C, H, W) batch."""
+    if not isinstance(x, Tensor) or x.ndim != 4 or not x.dtype.is_floating_point:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise TacreconError(f"an attack takes float images (N, C, H, W) in [0, 1], got {shape}")

@@ -1,0 +1,58 @@
+"""Dataclass configs that reject unknown keys and values of the wrong type."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Mapping, TypeVar
+
+from tacrecon.errors import TacreconError
+
+C = TypeVar("C", bound="Config")
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """``value`` coerced to the simple type ``hint`` (int -> float allowed), else an error."""
+    origin = typing.get_origin(hint)
+    if hint is Any or origin is typing.Union or hint is type(None):
+        return value
+    container = origin if origin in (list, tuple) else hint if hint in (list, tuple) else None
+    if container is not None:
+        if not isinstance(value, (list, tuple)):
+            raise TacreconError(f"{name} must be a list, got {value!r}")
+        return container(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and
+                                                 not (hint is int and isinstance(value, bool))):
+        raise TacreconError(f"{name} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+class Config:
+    """Mixin for ``@dataclass`` configs: ``from_dict`` validates keys and types."""
+
+    @classmethod
+    def from_dict(cls: type[C], values: Mapping[str, Any] | None = None, **overrides: Any) -> C:
+        """Build a config from ``values`` (and ``overrides``); unknown keys and bad types raise."""
+        merged = {**(values or {}), **overrides}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - set(fields))
+        if unknown:
+            raise TacreconError(
+                f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(fields)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: _check_type(f"{cls.__name__}.{k}", v, hints[k]) for k, v in merged.items()}
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check value ranges; subclasses override."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` applied, validated like ``from_dict``."""
+        return type(self).from_dict({**self.to_dict(), **changes})

@@ -1,0 +1,142 @@
+"""Atomic files, provenance, and model checkpoints (safetensors weights + a JSON description).
+
+Nothing here unpickles untrusted data: weights are read with safetensors, or with
+``torch.load(weights_only=True)`` for ``.pt`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tacrecon.errors import TacreconError
+
+MODEL_WEIGHTS, MODEL_JSON = "model.safetensors", "model.json"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; a missing or malformed file is a :class:`TacreconError`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise TacreconError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TacreconError(f"{path}: not valid JSON ({e})") from None
+
+
+def git_commit() -> str | None:
+    """The commit of the tacrecon source tree (with ``+dirty`` if modified), or None."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human description of ``device``: the GPU's name, or the CPU's core count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Where a result came from: code commit, versions, device, UTC time."""
+    from tacrecon import __version__
+
+    return {"tacrecon": __version__, "commit": git_commit(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": device_name(device),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from ``.safetensors`` or a ``.pt``/``.pth`` file (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TacreconError(f"{path}: no such weights file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any decoding failure is the user's file
+        raise TacreconError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TacreconError(f"{path}: not a state_dict (a mapping of names to tensors)")
+    return state
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state)`` strictly, with a one-line error naming what differs."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or extra or shapes:
+        parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", extra), ("shape mismatch", shapes)) if keys]
+        raise TacreconError(f"{source}: weights do not fit the model ({'; '.join(parts)})")
+    model.load_state_dict(state)
+
+
+def save_checkpoint(model: nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` and ``model.json`` (``meta`` must name ``arch`` and ``model_kwargs``)."""
+    from safetensors.torch import save
+
+    if "arch" not in meta or "model_kwargs" not in meta:
+        raise ValueError("checkpoint meta needs 'arch' and 'model_kwargs'")
+    out_dir = Path(out_dir)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(out_dir / MODEL_WEIGHTS, save(tensors))
+    atomic_write_json(out_dir / MODEL_JSON, {"format": "tacrecon-model", "version": 1, **meta})
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model saved by :func:`save_checkpoint` in folder ``path``, in eval mode, and its meta."""
+    from tacrecon.models import create_model
+
+    path = Path(path)
+    meta = read_json(path / MODEL_JSON)
+    if not isinstance(meta, dict) or meta.get("format") != "tacrecon-model":
+        raise TacreconError(f"{path / MODEL_JSON}: not a tacrecon model description")
+    model = create_model(meta["arch"], **meta["model_kwargs"])
+    load_state(model, load_weights(path / MODEL_WEIGHTS), str(path / MODEL_WEIGHTS))
+    return model.to(device).eval(), meta

@@ -1,0 +1,75 @@
+"""Clean accuracy (ACC), attack success rate (ASR), robust accuracy (RA) and DER.
+
+All rates are fractions in [0, 1]. ASR and RA are measured on the test images whose label the
+attack changes (for all-to-one: every image whose true label is not the target).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from tacrecon.data.split import Split
+
+Trigger = Callable[[Tensor], Tensor]
+LabelMap = Callable[[Tensor], Tensor]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 1024, transform: Trigger | None = None) -> Tensor:
+    """Predicted labels (N,) for images ``x`` (N, C, H, W), optionally through ``transform`` first."""
+    was_training = model.training
+    model.eval()
+    preds = []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size]
+        if transform is not None:
+            xb = transform(xb)
+        preds.append(model(xb).argmax(1))
+    model.train(was_training)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
+
+
+def accuracy(model: nn.Module, data: Split, batch_size: int = 1024) -> float:
+    """Fraction of ``data`` classified correctly (ACC on the clean test split)."""
+    return rate(predict(model, data.x, batch_size) == data.y)
+
+
+def all2one(target: int) -> LabelMap:
+    """Label map of an all-to-one attack: every label goes to ``target``."""
+    return lambda y: torch.full_like(y, target)
+
+
+def all2all(num_classes: int) -> LabelMap:
+    """Label map of an all-to-all attack: label y goes to (y + 1) mod C."""
+    return lambda y: (y + 1) % num_classes
+
+
+def attack_rates(model: nn.Module, data: Split, trigger: Trigger, label_map: LabelMap,
+                 batch_size: int = 1024) -> tuple[float, float]:
+    """(ASR, RA) of ``trigger`` on the images of ``data`` whose label the attack changes.
+
+    ASR: share of triggered images classified as ``label_map(y)``; RA: share still classified
+    as their true label ``y``.
+    """
+    bad = label_map(data.y)
+    keep = bad != data.y
+    if not bool(keep.any()):
+        return float("nan"), float("nan")
+    preds = predict(model, data.x[keep], batch_size, transform=trigger)
+    return rate(preds == bad[keep]), rate(preds == data.y[keep])
+
+
+def der(acc_before: float, acc_after: float, asr_before: float, asr_after: float) -> float:
+    """Defense effectiveness rating, in [0, 1]: [max(0, dASR) - max(0, dACC) + 1] / 2.
+
+    dASR = ASR_before - ASR_after, dACC = ACC_before - ACC_after; 0.5 means no change.
+    """
+    return (max(0.0, asr_before - asr_after) - max(0.0, acc_before - acc_after) + 1.0) / 2.0
+
+
+def rate(hits: Tensor) -> float:
+    """Mean of a boolean tensor as a float (NaN when empty)."""
+    return float(hits.float().mean()) if hits.numel() else float("nan")

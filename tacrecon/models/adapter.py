@@ -1,0 +1,96 @@
+"""Give any classifier ``nn.Module`` the tacrecon contract by hooking its final linear layer."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from tacrecon.errors import TacreconError
+from tacrecon.models.base import Classifier, Normalize
+
+
+def find_head(module: nn.Module, num_classes: int | None = None, name: str | None = None) -> tuple[str, nn.Linear]:
+    """The final linear layer of ``module``: the one named ``name``, else the last registered
+    ``nn.Linear`` whose ``out_features == num_classes`` (any ``nn.Linear`` if ``num_classes`` is None).
+    """
+    if name is not None:
+        try:
+            layer = module.get_submodule(name)
+        except AttributeError:
+            raise TacreconError(f"the model has no layer named {name!r}") from None
+        if not isinstance(layer, nn.Linear):
+            raise TacreconError(f"layer {name!r} is a {type(layer).__name__}, not nn.Linear")
+        return name, layer
+    found = [(n, m) for n, m in module.named_modules()
+             if isinstance(m, nn.Linear) and (num_classes is None or m.out_features == num_classes)]
+    if not found:
+        want = f" with out_features={num_classes}" if num_classes is not None else ""
+        raise TacreconError(f"the model has no nn.Linear layer{want}; name the head with --head")
+    return found[-1]
+
+
+class HeadAdapter(Classifier):
+    """Wraps ``module`` so its head input is the latent, via a forward pre-hook.
+
+    ``forward_features`` runs the whole wrapped module once and returns the captured latent
+    (N, d); ``forward_head`` applies the head. The logits of ``forward`` are the module's own.
+
+    Args:
+        module: any classifier mapping images to logits (N, C).
+        num_classes: C, used to find the head; defaults to the out_features of the last linear.
+        head: the head's qualified name (e.g. ``"classifier.3"``), overriding the search.
+        mean, std: if given, images in [0, 1] are normalized before the module sees them.
+    """
+
+    def __init__(self, module: nn.Module, num_classes: int | None = None, head: str | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.head_name, head_layer = find_head(module, num_classes, head)
+        self.num_classes, self.latent_dim = head_layer.out_features, head_layer.in_features
+        self.normalize = Normalize(mean, std) if mean is not None else nn.Identity()
+        self._latent: Tensor | None = None
+        head_layer.register_forward_pre_hook(self._capture)
+
+    def _capture(self, _layer: nn.Module, args: tuple[Tensor, ...]) -> None:
+        self._latent = args[0]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self._latent = None
+        self.module(self.normalize(x))
+        z, self._latent = self._latent, None
+        if z is None:
+            raise TacreconError(f"head {self.head_name!r} was not called in the forward pass")
+        if z.ndim != 2:
+            raise TacreconError(f"head {self.head_name!r} input has shape {tuple(z.shape)}, expected (N, d)")
+        return z
+
+    def forward_head(self, f: Tensor, pre_logits: bool = False) -> Tensor:
+        return f if pre_logits else self.get_classifier()(f)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.module.get_submodule(self.head_name)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(self.normalize(x))
+
+    @torch.no_grad()
+    def check(self, x: Tensor, atol: float = 1e-4) -> None:
+        """Raise if the module's logits are not ``head(latent)`` on ``x`` (N, C_in, H, W)."""
+        logits = self.forward(x)
+        rebuilt = self.forward_head(self.forward_features(x))
+        if logits.shape != rebuilt.shape or not torch.allclose(logits, rebuilt, atol=atol, rtol=1e-3):
+            raise TacreconError(
+                f"the model's output is not the output of {self.head_name!r}: "
+                "the head must be the last operation (name it with --head)")
+
+
+def as_classifier(module: nn.Module, num_classes: int | None = None, head: str | None = None,
+                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Classifier:
+    """``module`` itself if it already follows the contract (and needs no normalization), else a
+    :class:`HeadAdapter` around it."""
+    if isinstance(module, Classifier) and head is None and mean is None:
+        return module
+    return HeadAdapter(module, num_classes, head, mean, std)

@@ -1,0 +1,51 @@
+"""Named training recipes: the settings that the protocols in docs/benchmarks.md fix.
+
+A recipe is a :class:`TrainConfig` plus the model keyword arguments, per dataset. The CPU
+protocol recipe for cifar10 and gtsrb is measured in ``benchmarks/train_throughput.py`` and
+``benchmarks/cpu_recipe.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tacrecon.data.split import Dataset
+from tacrecon.models import create_model
+from tacrecon.train import TrainConfig
+
+# As in BackdoorBench, only CIFAR-10 is flipped: mirrored digits and traffic signs change meaning.
+_FLIP = {"cifar10"}
+# Small images get a smaller random-crop shift (2 px of 16 is already 1/8 of the image).
+_SMALL = {"digits": 2}
+
+
+def default_train_config(dataset: str, **overrides: Any) -> TrainConfig:
+    """The recipe's :class:`TrainConfig` for ``dataset``, with ``overrides`` applied."""
+    base: dict[str, Any] = {"flip": dataset in _FLIP, "crop_padding": _SMALL.get(dataset, 4)}
+    if dataset == "digits":
+        base.update(epochs=15, batch_size=64, lr=0.05)
+    return TrainConfig.from_dict({**base, **overrides})
+
+
+def model_kwargs(arch: str, dataset: Dataset, **overrides: Any) -> dict[str, Any]:
+    """All keyword arguments that build ``arch`` for ``dataset`` (saved in checkpoints).
+
+    Includes the class count, channels and normalization of ``dataset`` and the recipe's extras
+    (the CPU protocol's ``resnet_small`` has width 16).
+    """
+    extra: dict[str, Any] = {"width": 16} if arch == "resnet_small" else {}
+    return {"num_classes": dataset.num_classes, "in_chans": dataset.input_shape[0],
+            "mean": list(dataset.mean), "std": list(dataset.std), **extra, **overrides}
+
+
+def build_model(arch: str, kwargs: dict[str, Any], seed: int = 0) -> nn.Module:
+    """A freshly initialised ``arch`` built with ``kwargs`` (see :func:`model_kwargs`).
+
+    The initialisation draws from a private RNG seeded with ``seed``; the global RNG is untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(arch, **kwargs)
