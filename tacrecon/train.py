@@ -36,7 +36,7 @@ class TrainConfig(Config):
     decay from lr, no warm-up) or ``constant``.
     """
 
-    epochs: int = 16
+    epochs: int = 18
     batch_size: int = 256
     lr: float = 0.2
     momentum: float = 0.9

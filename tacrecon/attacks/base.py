@@ -55,7 +55,7 @@ class Attack(Config):
     # --- trigger -----------------------------------------------------------------------------
 
     def setup(self, data: Dataset, generator: torch.Generator) -> None:
-        """Build the trigger state for ``data``; the default only :meth:`bind`\ s its shapes."""
+        """Build the trigger state for ``data``; the default only binds its shapes (see bind)."""
         self.bind(data.num_classes, data.input_shape)
 
     def bind(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
