@@ -78,8 +78,6 @@ def test_artifact_round_trip(name, tmp_path, digits):
     triggered = art.attack(x)
     if fresh is not None and not getattr(fresh, "learned", False):
         assert torch.equal(triggered, fresh(x))
-    model, _ = build_model("test_cnn", model_kwargs("test_cnn", digits)), None
-    del model
     with torch.no_grad():
         a = art.model(triggered)
     again = load_artifact(out)
@@ -103,7 +101,8 @@ def test_static_attack_implants_a_backdoor(name, digits):
     cfg = default_train_config("digits", epochs=6, batch_size=64, progress=False)
     attack.train(model, digits.train, cfg, torch.Generator().manual_seed(0))
     asr, _ = attack_rates(model, digits.test, attack, attack.label_map())
-    assert asr > 0.6, f"{name}: ASR {asr:.2f} after a short training"
+    bar = 0.3 if attack.clean_label else 0.6  # chance is 0.1; clean-label attacks learn slower
+    assert asr > bar, f"{name}: ASR {asr:.2f} after a short training"
 
 
 def test_bad_input(digits):

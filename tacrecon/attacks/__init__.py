@@ -1,9 +1,17 @@
-"""Backdoor attacks, one file each, registered in ``ATTACKS``."""
+"""Backdoor attacks, one file each, registered in ``ATTACKS``.
 
+Every module of this package is imported here, so a new file with a registered attack needs no
+other change.
+"""
+
+import importlib
+import pkgutil
 from typing import Any
 
-from tacrecon.attacks import badnets, blended, none, sig  # noqa: F401  (registration)
 from tacrecon.attacks.base import ATTACKS, Attack, check_images
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def create_attack(name: str, **kwargs: Any) -> Attack:
