@@ -41,6 +41,7 @@ class Attack(Config):
     label_mode: str = "all2one"
 
     clean_label: ClassVar[bool] = False  # poison only target-class samples, keep their labels
+    learned: ClassVar[bool] = False  # the trigger is trained (it lives in state_dict, not in the seed)
 
     def validate(self) -> None:
         if not 0 < self.rate < 1:
