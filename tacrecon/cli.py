@@ -1,4 +1,4 @@
-"""Command line: ``tacrecon {train,list,demo}``. The only place that picks a device.
+"""Command line: ``tacrecon {train,attack,list,demo}``. The only place that picks a device.
 
 Bad input of any kind prints one line ``tacrecon: error: ...`` and exits with code 2.
 """
@@ -70,8 +70,22 @@ def build_parser() -> Parser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides")
     add_common(p)
 
-    p = sub.add_parser("list", help="list registered datasets or models")
-    p.add_argument("what", choices=["datasets", "models"])
+    p = sub.add_parser("attack", help="train a backdoored model and save it as an attack artifact")
+    p.add_argument("name", nargs="?", default=None, help="attack name (see `tacrecon list attacks`)")
+    p.add_argument("--clean", action="store_true", help="no attack: the clean reference model (= `none`)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--target", type=int, default=None, help="target class (default 0)")
+    p.add_argument("--poison-rate", type=float, default=None, help="fraction of the training split (default 0.1)")
+    p.add_argument("--label-mode", choices=["all2one", "all2all"], default=None)
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--out", type=Path, required=True, help="artifact folder (reused when complete)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="attack hyperparameters")
+    p.add_argument("--train-set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides")
+    add_common(p)
+
+    p = sub.add_parser("list", help="list registered datasets, models or attacks")
+    p.add_argument("what", choices=["datasets", "models", "attacks"])
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the bundled digits data")
     p.add_argument("--epochs", type=int, default=None)
@@ -92,14 +106,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from tacrecon.artifact import run_attack
+
+    if args.clean == (args.name is not None and args.name != "none"):
+        raise TacreconError("give an attack name or --clean (not both)")
+    name = "none" if args.clean else args.name
+    attack_kwargs = parse_sets(args.set)
+    for key, value in (("target", args.target), ("rate", args.poison_rate), ("label_mode", args.label_mode)):
+        if value is not None:
+            attack_kwargs[key] = value
+    train_overrides = parse_sets(args.train_set)
+    if args.epochs is not None:
+        train_overrides["epochs"] = args.epochs
+    r = run_attack(name, args.dataset, args.arch, args.out, root=args.data_root, device=pick_device(args.device),
+                   seed=args.seed, attack_kwargs=attack_kwargs, train_overrides=train_overrides)
+    asr = "" if r["asr"] is None else f", ASR {r['asr']:.2%}, RA {r['ra']:.2%}"
+    print(f"{name} on {args.dataset}/{args.arch}: ACC {r['acc']:.2%}{asr} ({r['seconds']:.0f} s) -> {args.out}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    from tacrecon.attacks import ATTACKS
     from tacrecon.data import DATASETS
     from tacrecon.models import MODELS
 
-    registry = DATASETS if args.what == "datasets" else MODELS
+    registry = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS}[args.what]
     for name in registry.names():
-        doc = (registry.get(name).__doc__ or "").strip().splitlines()
-        print(f"{name:18s} {doc[0] if doc else ''}")
+        paragraph = (registry.get(name).__doc__ or "").strip().split("\n\n")[0]
+        print(f"{name:18s} {' '.join(paragraph.split())}")
     return 0
 
 
@@ -109,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo(device=pick_device(args.device), seed=args.seed, epochs=args.epochs)
 
 
-COMMANDS = {"train": cmd_train, "list": cmd_list, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "attack": cmd_attack, "list": cmd_list, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,63 @@
+"""CLI: exit codes and one-line errors; train and attack write their files."""
+
+import json
+
+import pytest
+
+from tacrecon.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("TACRECON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TACRECON_DATA", raising=False)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--dataset", "cifar10", "--arch", "resnet_small", "--out", "o", "--data-root", "nowhere"],
+     "cifar10 not found; tried: nowhere"),
+    (["train", "--dataset", "digits", "--arch", "resnet_huge", "--out", "o"], "unknown model 'resnet_huge'"),
+    (["train", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "--dataset", "digits"], "required: --arch, --out"),
+    (["train", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--set", "lr"], "key=value"),
+    (["train", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--set", "epoch=2"], "unknown TrainConfig key"),
+    (["train", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--device", "cuda:7"], "device"),
+    (["list", "things"], "invalid choice"),
+    (["attack", "nope", "--dataset", "digits", "--arch", "test_cnn", "--out", "o"], "unknown attack 'nope'"),
+    (["attack", "badnets", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--target", "12"], "outside 0..9"),
+    (["attack", "badnets", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--poison-rate", "0"], "rate"),
+    ([], "required: command"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("tacrecon: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_list(capsys):
+    for what, name in (("models", "preact_resnet18"), ("datasets", "gtsrb"), ("attacks", "badnets")):
+        code, out, _ = run(capsys, "list", what)
+        assert code == 0 and name in out
+
+
+def test_train_and_attack_write_artifacts(capsys, tmp_path):
+    code, out, _ = run(capsys, "train", "--dataset", "digits", "--arch", "test_cnn", "--epochs", "1",
+                       "--out", str(tmp_path / "clean"), "--set", "progress=false")
+    assert code == 0 and "ACC" in out
+    assert {"model.safetensors", "model.json", "train.json"} <= {p.name for p in (tmp_path / "clean").iterdir()}
+    code, out, _ = run(capsys, "attack", "badnets", "--dataset", "digits", "--arch", "test_cnn", "--epochs", "1",
+                       "--out", str(tmp_path / "bd"), "--train-set", "progress=false", "--set", "patch_size=2")
+    assert code == 0 and "ASR" in out
+    record = json.loads((tmp_path / "bd" / "attack.json").read_text())
+    assert record["attack_config"]["patch_size"] == 2 and record["poisoned"] == round(0.1 * 1437)
+    code, out, _ = run(capsys, "attack", "--clean", "--dataset", "digits", "--arch", "test_cnn", "--epochs", "1",
+                       "--out", str(tmp_path / "none"), "--train-set", "progress=false")
+    assert code == 0 and json.loads((tmp_path / "none" / "attack.json").read_text())["asr"] is None
