@@ -42,7 +42,7 @@ class TrainConfig(Config):
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     schedule: str = "onecycle"
     warmup: float = 0.2
     crop_padding: int = 4
@@ -89,7 +89,7 @@ def cross_entropy(cfg: TrainConfig) -> LossFn:
 def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
         generator: torch.Generator | None = None, loss_fn: LossFn | None = None,
         batch_hook: BatchHook | None = None, params: Iterable[nn.Parameter] | None = None,
-        desc: str = "train") -> list[float]:
+        epoch_hook: Callable[[int], None] | None = None, desc: str = "train") -> list[float]:
     """Train ``model`` in place on ``data`` and return the mean loss of each epoch.
 
     Args:
@@ -101,6 +101,8 @@ def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
         batch_hook: ``(x, y, generator) -> (x, y)`` applied after augmentation (e.g. poisoning
             on the fly).
         params: the parameters to train (default: all of ``model``).
+        epoch_hook: called with the epoch number before each epoch (e.g. to recompute a target
+            from the current model); the model is put back in train mode after it.
         desc: label of the progress bar.
     """
     cfg = cfg or TrainConfig()
@@ -117,6 +119,9 @@ def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
     bar = tqdm(total=total, desc=desc, disable=None if cfg.progress else True, leave=False)
     model.train()
     for epoch in range(cfg.epochs):
+        if epoch_hook is not None:
+            epoch_hook(epoch)
+            model.train()
         order = torch.randperm(len(data), generator=generator).to(data.device)
         losses = []
         for i in range(steps_per_epoch):

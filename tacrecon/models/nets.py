@@ -93,13 +93,18 @@ class Residual(nn.Module):
 class ResNetSmall(Classifier):
     """A ResNet-9-style network (prep, 3 pooled stages, 2 residual blocks) sized for a CPU.
 
-    It is the architecture of the CPU protocol: width 32 gives stage widths 32/64/128/256.
-    The latent is the global max-pooled output of the last stage.
+    It is the architecture of the CPU protocol (at width 16: stage widths 16/32/64/128). The
+    latent is the global average of the last stage's output, as in PreAct-ResNet18 (``pool="max"``
+    takes the maximum instead: the same accuracy, but a trigger then changes the latent far from
+    additively, and the per-class QP norms no longer single out the target class).
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, mean=None, std=None,
-                 width: int = 32) -> None:
+                 width: int = 32, pool: str = "avg") -> None:
         super().__init__()
+        if pool not in ("max", "avg"):
+            raise ValueError(f"pool must be max or avg, got {pool!r}")
+        self.pool = pool
         w = [width, 2 * width, 4 * width, 8 * width]
         self.num_classes, self.latent_dim = num_classes, w[3]
         self.normalize = Normalize(*default_stats(in_chans, mean, std))
@@ -117,7 +122,8 @@ class ResNetSmall(Classifier):
         return self.features(self.normalize(x))
 
     def forward_head(self, f: Tensor, pre_logits: bool = False) -> Tensor:
-        z = F.adaptive_max_pool2d(f, 1).flatten(1)
+        pooled = F.adaptive_max_pool2d(f, 1) if self.pool == "max" else F.adaptive_avg_pool2d(f, 1)
+        z = pooled.flatten(1)
         return z if pre_logits else self.fc(z)
 
     def get_classifier(self) -> nn.Linear:

@@ -1,0 +1,52 @@
+"""The attack bar on the CPU protocol: every attack's ACC / ASR / RA and training minutes.
+
+Usage: python benchmarks/attacks_cpu.py --data-root DIR [--runs runs/cpu] [--attacks ...] [--seed 0]
+
+Each attack artifact goes to ``<runs>/<dataset>/resnet_small/<attack>/seed<seed>`` and is reused
+when complete, so a killed run resumes where it stopped. The bar (attacks issue): ASR >= 90%
+(SIG >= 80%) with clean accuracy within 2 points of the clean model (``none``) of the same recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common import markdown_table, write_result
+from tacrecon.artifact import run_attack
+
+ORDER = ["none", "badnets", "blended", "wanet", "sig", "trojan", "input_aware", "lira"]
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--runs", type=Path, default=Path("runs/cpu"))
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--attacks", nargs="+", default=ORDER)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    records = {}
+    for name in args.attacks:
+        out = args.runs / args.dataset / "resnet_small" / name / f"seed{args.seed}"
+        records[name] = run_attack(name, args.dataset, "resnet_small", out, root=args.data_root, seed=args.seed)
+        print(name, {k: records[name][k] for k in ("acc", "asr", "ra", "seconds")}, flush=True)
+    clean = records.get("none", {}).get("acc")
+    rows = []
+    for name, r in records.items():
+        bar = 0.8 if name == "sig" else 0.9
+        ok = "" if name == "none" or clean is None else (
+            "yes" if r["asr"] >= bar and clean - r["acc"] <= 0.02 else "no")
+        rows.append([name, pct(r["acc"]), pct(r["asr"]), pct(r["ra"]), f"{r['seconds'] / 60:.1f}", ok])
+    table = markdown_table(["attack", "ACC", "ASR", "RA", "training minutes", "meets bar"], rows)
+    summary = {n: {k: r[k] for k in ("acc", "asr", "ra", "seconds", "poisoned", "attack_config")} for n, r in records.items()}
+    print(write_result(f"attacks_cpu_{args.dataset}_seed{args.seed}", {"dataset": args.dataset, "seed": args.seed,
+                                                                     "attacks": summary}, table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The defense interface (scikit-learn conventions).
+
+``__init__`` only stores hyperparameters (a dataclass); ``fit(model, clean, generator)`` returns
+``self`` and never modifies the input model; fitted state ends with ``_``:
+
+* ``model_``: the defended model (a copy), in eval mode;
+* ``target_``: the class the defense found poisoned, or None (no detection, or not a detector);
+* ``targets_``: every flagged class (multi-target attacks);
+* ``stats_``: seconds per phase and other measurements.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tacrecon.config import Config
+from tacrecon.data.split import Split
+from tacrecon.errors import TacreconError
+from tacrecon.registry import Registry
+
+DEFENSES = Registry("defense")
+
+
+@dataclass
+class Defense(Config):
+    """Base class: subclasses add hyperparameter fields and implement :meth:`defend`."""
+
+    def fit(self, model: nn.Module, clean: Split, generator: torch.Generator | None = None) -> "Defense":
+        """Defend a copy of ``model`` with the defender's ``clean`` split; returns ``self``.
+
+        Args:
+            model: a classifier taking images (N, C, H, W) in [0, 1].
+            clean: the defender's clean labelled samples (never the test split).
+            generator: CPU generator for every random choice (default: seeded 0).
+        """
+        if len(clean) == 0:
+            raise TacreconError("the clean set is empty: a defense needs clean labelled samples")
+        self.validate()
+        self.model_ = copy.deepcopy(model).eval()
+        self.target_: int | None = None
+        self.targets_: list[int] = []
+        self.stats_: dict[str, Any] = {}
+        start = time.perf_counter()
+        self.defend(self.model_, clean, generator or torch.Generator().manual_seed(0))
+        self.stats_["seconds"] = time.perf_counter() - start
+        self.model_.eval()
+        return self
+
+    def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
+        """Modify ``model`` (already a copy) in place; set ``target_``/``targets_``/``stats_``."""
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registered_name", type(self).__name__.lower())

@@ -1,0 +1,44 @@
+"""Outlier statistics: MAD index on hand-made vectors, calibration of the minimum test."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tacrecon.stats import anomaly_index, min_test_pvalue
+
+
+def test_anomaly_index_by_hand():
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
+    # median 3, |dev| = 2,1,0,1,7 -> MAD 1 -> index = (3 - u) / 1.4826
+    expected = (3 - scores) / 1.4826
+    torch.testing.assert_close(anomaly_index(scores), expected.double())
+
+
+def test_anomaly_index_ignores_infinite():
+    index = anomaly_index(torch.tensor([1.0, 2.0, 3.0, float("inf")]))
+    assert index[3] == -math.inf and index[0] > 0
+
+
+def test_outlier_found_and_no_outlier_not_flagged():
+    g = torch.Generator().manual_seed(0)
+    base = 5 + 0.3 * torch.randn(10, generator=g)
+    planted = base.clone()
+    planted[4] = 1.0
+    assert min_test_pvalue(planted) < 0.01
+    assert anomaly_index(planted)[4] > 5
+    assert min_test_pvalue(base) > 0.05
+
+
+@pytest.mark.parametrize("count", [10, 43])
+def test_min_test_false_positive_rate_is_alpha(count):
+    rng = np.random.default_rng(1)
+    pvalues = [min_test_pvalue(torch.from_numpy(np.exp(rng.normal(2.0, 0.5, count)))) for _ in range(2000)]
+    for alpha in (0.05, 0.1):
+        assert abs(np.mean(np.array(pvalues) < alpha) - alpha) < 0.02
+
+
+def test_min_test_degenerate_inputs():
+    assert min_test_pvalue(torch.tensor([1.0, 2.0])) == 1.0
+    assert min_test_pvalue(torch.tensor([1.0, 2.0, float("inf"), float("inf")])) == 1.0
