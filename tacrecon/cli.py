@@ -1,4 +1,4 @@
-"""Command line: ``tacrecon {train,attack,list,demo}``. The only place that picks a device.
+"""Command line: ``tacrecon {train,attack,scan,repair,list,demo}``. The only place that picks a device.
 
 Bad input of any kind prints one line ``tacrecon: error: ...`` and exits with code 2.
 """
@@ -84,11 +84,32 @@ def build_parser() -> Parser:
     p.add_argument("--train-set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides")
     add_common(p)
 
+    for command, text in (("scan", "scan a model for a backdoor with TAC (clean data only)"),
+                          ("repair", "scan a model, then remove the backdoor by fine-tuning with TAC")):
+        p = sub.add_parser(command, help=text)
+        p.add_argument("model", help="checkpoint or artifact folder, file.py:Name (with --weights), or attack_result.pt")
+        p.add_argument("--dataset", required=True, help="the dataset the model classifies")
+        p.add_argument("--weights", default=None, help="weights of a file.py:Name model (.safetensors or .pt)")
+        p.add_argument("--head", default=None, help="name of the final linear layer (default: found automatically)")
+        p.add_argument("--normalize", default=None, metavar="MEAN,...,STD,...",
+                       help="normalization the model expects of its input (it is then fed [0, 1] images)")
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--clean-fraction", type=float, default=None, help="share of the training split (default 0.05)")
+        group.add_argument("--clean-n", type=int, default=None, help="number of clean samples")
+        p.add_argument("--json", type=Path, default=None, help="write the result as JSON")
+        p.add_argument("--plot", type=Path, default=None, help="write a bar chart of the per-class norms (PNG)")
+        p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
+        if command == "repair":
+            p.add_argument("--out", type=Path, required=True, help="output folder")
+            p.add_argument("--force-target", type=int, default=None, help="repair this class even if none is flagged")
+        add_common(p)
+
     p = sub.add_parser("list", help="list registered datasets, models or attacks")
     p.add_argument("what", choices=["datasets", "models", "attacks"])
 
-    p = sub.add_parser("demo", help="run the end-to-end demo on the bundled digits data")
+    p = sub.add_parser("demo", help="attack -> scan -> repair on the bundled digits data (about a minute)")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="keep the artifacts in this folder")
     add_common(p)
     return parser
 
@@ -126,6 +147,45 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def scan_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"data_root": args.data_root, "weights": args.weights, "head": args.head, "normalize": args.normalize,
+            "clean_fraction": args.clean_fraction, "clean_n": args.clean_n, "seed": args.seed,
+            "json": args.json, "plot": args.plot}
+
+
+def verdict(scan: dict[str, Any]) -> str:
+    p = f"p = {scan['p_value']:.3g}"
+    if not scan["backdoored"]:
+        return f"no backdoor found (largest anomaly index {max(scan['anomaly_index']):.2f}, {p})"
+    k = scan["target"]
+    return (f"BACKDOORED: poisoned class {k} ({scan['target_name']}), anomaly index "
+            f"{scan['anomaly_index'][k]:.2f}, norm {scan['norms'][k]:.3g}, {p}")
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from tacrecon.scan import run_scan
+
+    r = run_scan(args.model, args.dataset, pick_device(args.device), parse_sets(args.set), **scan_options(args))
+    print(f"{args.model}: {verdict(r)} [{r['seconds']:.1f} s, {r['clean_samples']} clean samples]")
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from tacrecon.scan import run_repair
+
+    tac = parse_sets(args.set)
+    if args.force_target is not None:
+        tac["force_target"] = args.force_target
+    r = run_repair(args.model, args.dataset, args.out, pick_device(args.device), tac, **scan_options(args))
+    print(f"{args.model}: {verdict(r['scan'])}")
+    b, a = r["before"], r["after"]
+    line = f"ACC {b['acc']:.2%} -> {a['acc']:.2%}"
+    if "asr" in b:
+        line += f", ASR {b['asr']:.2%} -> {a['asr']:.2%}, RA {b['ra']:.2%} -> {a['ra']:.2%}, DER {r['der']:.3f}"
+    print(("repaired: " if r["repaired"] else "left unchanged: ") + line + f" -> {args.out}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from tacrecon.attacks import ATTACKS
     from tacrecon.data import DATASETS
@@ -141,10 +201,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from tacrecon.workflows import demo
 
-    return demo(device=pick_device(args.device), seed=args.seed, epochs=args.epochs)
+    return demo(device=pick_device(args.device), seed=args.seed, epochs=args.epochs, out=args.out)
 
 
-COMMANDS = {"train": cmd_train, "attack": cmd_attack, "list": cmd_list, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "attack": cmd_attack, "scan": cmd_scan, "repair": cmd_repair, "list": cmd_list,
+            "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

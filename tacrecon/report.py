@@ -1,0 +1,34 @@
+"""Plots and human-readable summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from tacrecon.io import atomic_write_bytes
+
+
+def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path, classes: Sequence[str] | None = None,
+               title: str = "") -> None:
+    """Bar chart of the per-class minimal-shift norms with the flagged classes in red (PNG)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(classes) if classes is not None else [str(k) for k in range(len(norms))]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(norms) + 1.5), 3.2))
+    colors = ["tab:red" if k in flagged else "tab:blue" for k in range(len(norms))]
+    ax.bar(range(len(norms)), [n if n != float("inf") else 0 for n in norms], color=colors)
+    ax.set_xticks(range(len(norms)))
+    ax.set_xticklabels(names if len(names) <= 20 else [str(k) for k in range(len(names))],
+                       rotation=90 if len(names) > 10 or max(map(len, names)) > 4 else 0, fontsize=7)
+    ax.set_ylabel("||s_k|| (minimal latent shift)")
+    ax.set_title(title or "TAC scan: flagged classes in red", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,120 @@
+"""``scan`` and ``repair``: what a practitioner runs on a model they were handed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tacrecon.data import Dataset, Split, load_dataset
+from tacrecon.defenses.tac import TAC
+from tacrecon.errors import TacreconError
+from tacrecon.io import atomic_write_bytes, atomic_write_json, provenance, save_checkpoint
+from tacrecon.loading import LoadedModel, load_any
+from tacrecon.metrics import accuracy, attack_rates, der
+
+log = logging.getLogger(__name__)
+
+
+def clean_subset(train: Split, fraction: float | None, n: int | None, seed: int,
+                 exclude: torch.Tensor | None = None) -> Split:
+    """The defender's clean set: ``n`` samples (or ``fraction`` of ``train``) drawn with ``seed``,
+    disjoint from the indices ``exclude`` (e.g. the poisoned ones)."""
+    keep = torch.ones(len(train), dtype=torch.bool)
+    if exclude is not None and exclude.numel():
+        keep[exclude.cpu()] = False
+    candidates = torch.nonzero(keep).flatten()
+    count = n if n is not None else round((fraction if fraction is not None else 0.05) * len(train))
+    if not 0 < count <= candidates.numel():
+        raise TacreconError(f"the clean set must hold 1..{candidates.numel()} samples, got {count}")
+    g = torch.Generator().manual_seed(seed)
+    pick = candidates[torch.randperm(candidates.numel(), generator=g)[:count]].sort().values
+    return train.subset(pick)
+
+
+def scan_record(tac: TAC, data: Dataset, seconds: float) -> dict[str, Any]:
+    """The JSON record of a fitted TAC scan."""
+    target = tac.target_
+    return {"backdoored": target is not None, "target": target,
+            "target_name": data.classes[target] if target is not None else None, "targets": tac.targets_,
+            "norms": tac.scores_["norms"], "anomaly_index": tac.scores_["anomaly_index"],
+            "p_value": tac.scores_["p_value"], "rule": tac.rule, "threshold": tac.threshold, "alpha": tac.alpha,
+            "kkt_residual": tac.scores_["kkt_residual"], "seconds": seconds, "scan_seconds": tac.stats_["scan_seconds"]}
+
+
+def prepare(model: str, dataset: str, options: dict[str, Any], device: torch.device) -> tuple[LoadedModel, Dataset, Split]:
+    """Load the data and the model, and draw the clean set."""
+    data = load_dataset(dataset, root=options.get("data_root"), device=device)
+    loaded = load_any(model, weights=options.get("weights"), head=options.get("head"),
+                      normalize=options.get("normalize"), num_classes=data.num_classes, dataset=dataset, device=device)
+    exclude = loaded.artifact.poison_index if loaded.artifact is not None else None
+    clean = clean_subset(data.train, options.get("clean_fraction"), options.get("clean_n"), options.get("seed", 0), exclude)
+    return loaded, data, clean
+
+
+def run_scan(model: str, dataset: str, device: torch.device, tac_kwargs: dict[str, Any] | None = None,
+             **options: Any) -> dict[str, Any]:
+    """Scan MODEL with TAC on a clean set of ``dataset``; write ``json`` / ``plot`` if given."""
+    start = time.perf_counter()
+    loaded, data, clean = prepare(model, dataset, options, device)
+    tac = TAC.from_dict({**(tac_kwargs or {}), "repair": False}).fit(loaded.model, clean)
+    record = {**scan_record(tac, data, time.perf_counter() - start), "model": model, "dataset": dataset,
+              "clean_samples": len(clean), "provenance": provenance(device)}
+    write_outputs(record, data, options.get("json"), options.get("plot"))
+    return record
+
+
+def write_outputs(record: dict[str, Any], data: Dataset, json_path: Any, plot_path: Any) -> None:
+    if json_path:
+        atomic_write_json(json_path, record)
+    if plot_path:
+        from tacrecon.report import plot_norms
+
+        title = f"{record['model']}: " + (f"backdoor, class {record['target']} ({record['target_name']})"
+                                          if record["backdoored"] else "no backdoor found")
+        plot_norms(record["norms"], record["targets"], plot_path, data.classes, title[-90:])
+
+
+def evaluate(loaded: LoadedModel, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
+    """ACC on the test split, and ASR / RA when the model came with its attack."""
+    out = {"acc": accuracy(model, data.test)}
+    art = loaded.artifact
+    if art is not None and art.attack.name != "none":
+        out["asr"], out["ra"] = attack_rates(model, data.test, art.attack, art.attack.label_map())
+    return out
+
+
+def run_repair(model: str, dataset: str, out: str | Path, device: torch.device, tac_kwargs: dict[str, Any] | None = None,
+               **options: Any) -> dict[str, Any]:
+    """Scan, then fine-tune with the reconstructed TAC; write the repaired model and repair.json."""
+    start = time.perf_counter()
+    loaded, data, clean = prepare(model, dataset, options, device)
+    before = evaluate(loaded, loaded.model, data)
+    generator = torch.Generator().manual_seed(options.get("seed", 0))
+    tac = TAC.from_dict({**(tac_kwargs or {}), "repair": True}).fit(loaded.model, clean, generator)
+    after = evaluate(loaded, tac.model_, data)
+    record = {"scan": scan_record(tac, data, tac.stats_["scan_seconds"]), "repaired": "repair_seconds" in tac.stats_,
+              "before": before, "after": after, "model": model, "dataset": dataset, "clean_samples": len(clean),
+              "tac_config": tac.to_dict(), "stats": tac.stats_, "seconds": time.perf_counter() - start,
+              "provenance": provenance(device)}
+    if "asr" in before:
+        record["der"] = der(before["acc"], after["acc"], before["asr"], after["asr"])
+    save_repaired(loaded, tac.model_, Path(out), data)
+    atomic_write_json(Path(out) / "repair.json", record)
+    return record
+
+
+def save_repaired(loaded: LoadedModel, model: torch.nn.Module, out: Path, data: Dataset) -> None:
+    """A registered architecture is saved as a checkpoint; a user module as its own state_dict."""
+    if loaded.model_kwargs is not None:
+        save_checkpoint(model, out, {"arch": loaded.arch, "model_kwargs": loaded.model_kwargs, "dataset": data.name,
+                                     "classes": data.classes, "input_shape": list(data.input_shape)})
+        return
+    from safetensors.torch import save
+
+    inner = getattr(model, "module", model)  # the user's module inside the adapter
+    tensors = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
+    atomic_write_bytes(out / "repaired.safetensors", save(tensors))
