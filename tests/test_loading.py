@@ -1,0 +1,141 @@
+"""Loading any model for scan/repair; one-line errors with exit code 2 at the CLI."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tacrecon.cli import main
+from tacrecon.errors import TacreconError
+from tacrecon.loading import load_any, parse_stats
+from tacrecon.models import create_model
+
+MODEL_PY = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.aux = nn.Linear(8, 10)
+            self.classifier = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.classifier(self.body(x))
+
+    def make():
+        return Net()
+
+    NOT_A_MODULE = 3
+""")
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("TACRECON_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def user_model(tmp_path):
+    (tmp_path / "net.py").write_text(MODEL_PY)
+    torch.manual_seed(0)
+    ns = {}
+    exec(compile(MODEL_PY, "net", "exec"), ns)  # the same definition, to make weights
+    net = ns["Net"]()
+    save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    return tmp_path, net
+
+
+def test_user_module_with_and_without_head(user_model):
+    folder, net = user_model
+    x = torch.rand(3, 1, 16, 16)
+    for weights in ("w.safetensors", "w.pt"):
+        loaded = load_any(f"{folder}/net.py:Net", weights=folder / weights, num_classes=10)
+        assert loaded.kind == "module" and loaded.model.head_name == "classifier"
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.model(x), net(x))
+    named = load_any(f"{folder}/net.py:make", weights=folder / "w.pt", head="classifier")
+    assert named.model.latent_dim == 8
+    normalized = load_any(f"{folder}/net.py:Net", weights=folder / "w.pt", normalize="0.5,0.25")
+    with torch.no_grad():
+        torch.testing.assert_close(normalized.model(x), net((x - 0.5) / 0.25))
+
+
+@pytest.mark.parametrize("spec,kwargs,message", [
+    ("{d}/net.py:Missing", {"weights": "w.pt"}, "defines no 'Missing'"),
+    ("{d}/nope.py:Net", {"weights": "w.pt"}, "no such model file"),
+    ("{d}/net.py:NOT_A_MODULE", {"weights": "w.pt"}, "cannot be called|not an nn.Module"),
+    ("{d}/net.py:Net", {}, "--weights"),
+    ("{d}/net.py:Net", {"weights": "corrupt.safetensors"}, "cannot read weights"),
+    ("{d}/net.py:Net", {"weights": "w.pt", "num_classes": 43}, "no nn.Linear layer with out_features=43"),
+    ("{d}/net.py:Net", {"weights": "w.pt", "head": "body"}, "not nn.Linear"),
+    ("{d}/net.py:Net", {"weights": "w.pt", "normalize": "0.5"}, "as many std values"),
+    ("{d}", {}, "neither a tacrecon checkpoint"),
+    ("{d}/plain.txt", {}, "not a checkpoint folder"),
+])
+def test_load_errors(user_model, spec, kwargs, message):
+    folder, _ = user_model
+    (folder / "corrupt.safetensors").write_bytes(b"\x00" * 20)
+    (folder / "plain.txt").write_text("hi")
+    kwargs = {k: (folder / v if k == "weights" else v) for k, v in kwargs.items()}
+    with pytest.raises(TacreconError, match=message):
+        load_any(spec.format(d=folder), **kwargs)
+
+
+def test_backdoorbench_record(tmp_path):
+    model = create_model("preact_resnet18")
+    record = {"model_name": "preactresnet18", "num_classes": 10, "clean_data": "cifar10",
+              "model": {f"module.{k}": v for k, v in model.state_dict().items()}, "img_size": (32, 32, 3)}
+    torch.save(record, tmp_path / "attack_result.pt")
+    loaded = load_any(str(tmp_path / "attack_result.pt"))
+    assert loaded.kind == "backdoorbench" and loaded.arch == "preact_resnet18"
+    assert torch.allclose(loaded.model.normalize.mean.flatten(), torch.tensor([0.4914, 0.4822, 0.4465]))
+    for k, v in model.state_dict().items():  # the "module." prefix of DataParallel is dropped
+        assert torch.equal(loaded.model.state_dict()[k], v)
+    torch.save({"model_name": "resnet50", "model": {}}, tmp_path / "other.pt")
+    with pytest.raises(TacreconError, match="not supported"):
+        load_any(str(tmp_path / "other.pt"))
+
+
+def test_parse_stats():
+    assert parse_stats("0.1,0.2,0.3,0.4") == ([0.1, 0.2], [0.3, 0.4])
+    assert parse_stats(None) is None
+    with pytest.raises(TacreconError):
+        parse_stats("a,b")
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_scan_cli_on_user_module_and_errors(user_model, capsys):
+    folder, _ = user_model
+    code, out, err = cli(capsys, "scan", f"{folder}/net.py:Net", "--weights", folder / "w.pt", "--dataset", "digits",
+                         "--json", folder / "scan.json", "--plot", folder / "norms.png")
+    assert code == 0, err
+    record = json.loads((folder / "scan.json").read_text())
+    assert {"backdoored", "target", "targets", "norms", "anomaly_index", "p_value", "seconds"} <= set(record)
+    assert len(record["norms"]) == 10 and (folder / "norms.png").read_bytes()[:4] == b"\x89PNG"
+    for argv, message in [
+        (("--weights", folder / "corrupt.safetensors"), "cannot read weights"),
+        (("--weights", folder / "w.pt", "--clean-n", "0"), "clean set must hold"),
+        (("--weights", folder / "w.pt", "--head", "aux", "--dataset", "gtsrb", "--data-root", folder), "gtsrb not found"),
+    ]:
+        (folder / "corrupt.safetensors").write_bytes(b"\x00" * 20)
+        args = list(argv) if "--dataset" in argv else [*argv, "--dataset", "digits"]
+        code, out, err = cli(capsys, "scan", f"{folder}/net.py:Net", *args)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_scan_cli_class_count_mismatch(tmp_path, capsys):
+    (tmp_path / "m.py").write_text("from torch import nn\n"
+                                   "def make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(256, 5))\n")
+    torch.save({"1.weight": torch.zeros(5, 256), "1.bias": torch.zeros(5)}, tmp_path / "w.pt")
+    code, _, err = cli(capsys, "scan", f"{tmp_path}/m.py:make", "--weights", tmp_path / "w.pt", "--dataset", "digits")
+    assert code == 2 and "out_features=10" in err

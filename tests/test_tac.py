@@ -1,0 +1,102 @@
+"""TAC: reconstruct, detect, unlearn; end to end on digits (planted BadNets found and removed)."""
+
+import pytest
+import torch
+
+from tacrecon.artifact import load_artifact, run_attack
+from tacrecon.data import load_dataset
+from tacrecon.defenses import create_defense
+from tacrecon.defenses.tac import TAC, detect, latents_of, reconstruct, unlearn
+from tacrecon.errors import TacreconError
+from tacrecon.metrics import accuracy, attack_rates
+from tacrecon.models import create_model
+from tacrecon.scan import clean_subset
+from tacrecon.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, digits):
+    """A BadNets (target 0) and a clean resnet_small on digits, tuning seed 100, and clean sets."""
+    root = tmp_path_factory.mktemp("art")
+    out = {}
+    for name in ("badnets", "none"):
+        run_attack(name, "digits", "resnet_small", root / name, seed=100, train_overrides={"progress": False})
+        art = load_artifact(root / name)
+        out[name] = (art, clean_subset(digits.train, 0.2, None, 100, art.poison_index))
+    return out
+
+
+def test_reconstruct_shifts_send_every_clean_sample_to_their_class(digits):
+    model = create_model("test_cnn", in_chans=1).eval()
+    clean = digits.train.subset(torch.arange(100))
+    qp = reconstruct(model, clean)
+    z = latents_of(model, clean.x).double()
+    head = model.get_classifier().double()
+    for k in range(10):
+        pred = head(z + qp.shifts[k]).argmax(1)
+        margin = head(z + qp.shifts[k])[:, k] - head(z + qp.shifts[k]).max(1).values
+        assert bool((margin >= -1e-6).all()), k  # every sample reaches class k (up to ties)
+        assert pred.numel() == 100
+    assert torch.allclose(qp.norms, qp.shifts.norm(dim=1))
+
+
+def test_detect_rules():
+    norms = torch.tensor([3.0, 10.0, 10.5, 9.8, 10.2, 9.9, 10.1, 10.4, 9.7, 10.3])
+    found = detect(norms)
+    assert found["flagged"] == [0] and found["anomaly_index"][0] > 10 and found["p_value"] < 0.01
+    flat = torch.tensor([10.0, 10.5, 9.8, 10.2, 9.9, 10.1, 10.4, 9.7, 10.3, 10.6])
+    assert detect(flat)["flagged"] == [] and detect(flat, rule="pvalue")["flagged"] == []
+    assert detect(norms, rule="pvalue")["flagged"] == [0] and detect(norms, rule="both")["flagged"] == [0]
+    two = norms.clone()
+    two[5] = 3.2
+    assert detect(two)["flagged"] == [0, 5]  # multi-target: both, most anomalous first
+    with pytest.raises(TacreconError, match="rule"):
+        detect(norms, rule="vote")
+
+
+def test_planted_badnets_found_and_removed(planted, digits):
+    art, clean = planted["badnets"]
+    before = attack_rates(art.model, digits.test, art.attack, art.attack.label_map())[0]
+    acc_before = accuracy(art.model, digits.test)
+    state = {k: v.clone() for k, v in art.model.state_dict().items()}
+    tac = create_defense("tac").fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert tac.target_ == 0 and tac.targets_[0] == 0
+    assert {"norms", "anomaly_index", "p_value"} <= set(tac.scores_)
+    assert {"seconds", "scan_seconds", "repair_seconds"} <= set(tac.stats_)
+    for k, v in art.model.state_dict().items():  # the input model is untouched
+        assert torch.equal(v, state[k]), k
+    after = attack_rates(tac.model_, digits.test, art.attack, art.attack.label_map())[0]
+    assert before > 0.9 and after < 0.2
+    assert accuracy(tac.model_, digits.test) > acc_before - 0.05
+
+
+def test_clean_model_not_flagged_and_left_unchanged(planted):
+    art, clean = planted["none"]
+    tac = TAC().fit(art.model, clean)
+    assert tac.target_ is None and tac.targets_ == []
+    assert "repair_seconds" not in tac.stats_
+    for a, b in zip(art.model.state_dict().values(), tac.model_.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_unlearn_recompute_and_frozen_head(digits):
+    model = create_model("test_cnn", in_chans=1)
+    clean = digits.train.subset(torch.arange(64))
+    shift = reconstruct(model, clean).shifts[0].float()
+    head_before = model.get_classifier().weight.clone()
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.01, progress=False, crop_padding=0, flip=False)
+    history = unlearn(model, clean, 0, shift, cfg, beta=1.0, recompute=True, freeze_head=True)
+    assert len(history) == 2
+    assert torch.equal(model.get_classifier().weight, head_before)
+
+
+def test_tac_config_is_strict():
+    with pytest.raises(TacreconError, match="unknown TAC key"):
+        TAC.from_dict({"treshold": 2})
+    with pytest.raises(TacreconError, match="quantile"):
+        TAC.from_dict({"quantile": 0})
