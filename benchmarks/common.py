@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 from tacrecon.io import atomic_write_bytes, atomic_write_json, provenance
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+
+# Benchmarks run for long in the background: log every training epoch to follow them.
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
 def write_result(name: str, record: dict[str, Any], table: str, device: str = "cpu") -> Path:
