@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from tacrecon.attacks.base import ATTACKS, Attack
-from tacrecon.data.split import Dataset
 from tacrecon.errors import TacreconError
 
 CORNERS = ("bottom_right", "bottom_left", "top_right", "top_left", "center")

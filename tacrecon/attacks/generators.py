@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from tacrecon.attacks.base import Attack
 from tacrecon.data.augment import augment
-from tacrecon.data.split import Split
+from tacrecon.data.split import Dataset, Split
 from tacrecon.train import LossFn, TrainConfig, lr_factor, make_optimizer, train_step
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,38 @@ def seeded_net(seed: int, *args: int, **kwargs: int) -> EncoderDecoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return EncoderDecoder(*args, **kwargs)
+
+
+class GeneratorAttack(Attack):
+    """Base of the attacks whose trigger is a network: builds, saves and restores the nets.
+
+    Subclasses implement :meth:`nets`, building their generator networks from ``seed``; ``bind``
+    builds them with seed 0 (so ``load_artifact`` can fill the weights), ``setup`` from a seed
+    drawn from the run's generator; ``state_dict`` holds every weight and buffer.
+    """
+
+    learned: ClassVar[bool] = True
+
+    def nets(self, seed: int) -> dict[str, nn.Module]:
+        """Freshly initialised networks by name (e.g. ``{"pattern": ..., "mask": ...}``)."""
+        raise NotImplementedError
+
+    def setup(self, data: Dataset, generator: torch.Generator) -> None:
+        super().setup(data, generator)
+        self.nets_ = {name: net.eval() for name, net in self.nets(draw_seed(generator)).items()}
+
+    def bind(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+        super().bind(num_classes, input_shape)
+        self.nets_ = {name: net.eval() for name, net in self.nets(0).items()}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {f"{name}.{k}": v for name, net in self.nets_.items() for k, v in net.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, net in self.nets_.items():
+            prefix = f"{name}."
+            net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            net.eval()
 
 
 def draw_seed(generator: torch.Generator) -> int:

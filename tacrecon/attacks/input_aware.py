@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tacrecon.attacks.base import ATTACKS, Attack
-from tacrecon.attacks.generators import (cotrain, diversity_loss, draw_seed, seeded_net, set_lr,
+from tacrecon.attacks.base import ATTACKS
+from tacrecon.attacks.generators import (GeneratorAttack, cotrain, diversity_loss, seeded_net, set_lr,
                                          train_batches)
-from tacrecon.data.split import Dataset, Split
+from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.train import LossFn, TrainConfig, cross_entropy
 
 
 @ATTACKS.register("input_aware")
 @dataclass
-class InputAware(Attack):
+class InputAware(GeneratorAttack):
     """Input-Aware Dynamic Backdoor (Nguyen & Tran 2020, "Input-Aware Dynamic Backdoor Attack",
     https://arxiv.org/abs/2010.08138).
 
@@ -68,8 +67,6 @@ class InputAware(Attack):
     lambda_norm: float = 100.0
     mask_density: float = 0.032
 
-    learned: ClassVar[bool] = True
-
     def validate(self) -> None:
         super().validate()
         if self.generator_width < 1 or self.mask_epochs < 0:
@@ -82,19 +79,19 @@ class InputAware(Attack):
 
     # --- trigger -----------------------------------------------------------------------------
 
-    def setup(self, data: Dataset, generator: torch.Generator) -> None:
-        """Bind the shapes and initialise G and M from a seed drawn from ``generator``."""
-        super().setup(data, generator)
-        self._build(draw_seed(generator))
-
-    def bind(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
-        super().bind(num_classes, input_shape)
-        self._build(0)
-
-    def _build(self, seed: int) -> None:
+    def nets(self, seed: int) -> dict[str, nn.Module]:
+        """The pattern generator G and the mask generator M."""
         c = self.input_shape_[0]
-        self.pattern_net_ = seeded_net(seed, c, c, self.generator_width).eval()
-        self.mask_net_ = seeded_net(seed + 1, c, 1, self.generator_width).eval()
+        return {"pattern": seeded_net(seed, c, c, self.generator_width),
+                "mask": seeded_net(seed + 1, c, 1, self.generator_width)}
+
+    @property
+    def pattern_net_(self) -> nn.Module:
+        return self.nets_["pattern"]
+
+    @property
+    def mask_net_(self) -> nn.Module:
+        return self.nets_["mask"]
 
     def pattern(self, x: Tensor) -> Tensor:
         """G's pattern: (N, C, H, W) -> (N, C, H, W) in (0, 1)."""
@@ -173,18 +170,6 @@ class InputAware(Attack):
             return ce + self.lambda_div * diversity_loss(x_bd[:n], x_cross, p_bd[:n], p_cross)
 
         return loss
-
-    # --- state -------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Tensor]:
-        nets = {"pattern": self.pattern_net_, "mask": self.mask_net_}
-        return {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        for name, net in (("pattern", self.pattern_net_), ("mask", self.mask_net_)):
-            prefix = f"{name}."
-            net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-            net.eval()
 
 
 def paste(x: Tensor, pattern: Tensor, mask: Tensor) -> Tensor:

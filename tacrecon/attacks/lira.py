@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tacrecon.attacks.base import ATTACKS, Attack
-from tacrecon.attacks.generators import cotrain, draw_seed, seeded_net
-from tacrecon.data.split import Dataset, Split
+from tacrecon.attacks.base import ATTACKS
+from tacrecon.attacks.generators import GeneratorAttack, cotrain, seeded_net
+from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.train import LossFn, TrainConfig, cross_entropy
 
 
 @ATTACKS.register("lira")
 @dataclass
-class LiRA(Attack):
+class LiRA(GeneratorAttack):
     """LIRA (Doan et al. 2021, "LIRA: Learnable, Imperceptible and Robust Backdoor Attacks",
     https://openaccess.thecvf.com/content/ICCV2021/html/Doan_LIRA_Learnable_Imperceptible_and_Robust_Backdoor_Attacks_ICCV_2021_paper.html).
 
@@ -70,8 +69,6 @@ class LiRA(Attack):
     lr_generator: float = 1e-3
     generator_width: int = 16
 
-    learned: ClassVar[bool] = True
-
     def validate(self) -> None:
         super().validate()
         if not 0 < self.eps <= 1:
@@ -83,18 +80,14 @@ class LiRA(Attack):
 
     # --- trigger -----------------------------------------------------------------------------
 
-    def setup(self, data: Dataset, generator: torch.Generator) -> None:
-        """Bind the shapes and initialise T from a seed drawn from ``generator``."""
-        super().setup(data, generator)
-        self._build(draw_seed(generator))
-
-    def bind(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
-        super().bind(num_classes, input_shape)
-        self._build(0)
-
-    def _build(self, seed: int) -> None:
+    def nets(self, seed: int) -> dict[str, nn.Module]:
+        """The trigger generator T."""
         c = self.input_shape_[0]
-        self.noise_net_ = seeded_net(seed, c, c, self.generator_width).eval()
+        return {"noise": seeded_net(seed, c, c, self.generator_width)}
+
+    @property
+    def noise_net_(self) -> nn.Module:
+        return self.nets_["noise"]
 
     def perturb(self, x: Tensor) -> Tensor:
         """``clamp(x + eps * T(x), 0, 1)`` with T in its current mode: (N, C, H, W) -> same."""
@@ -152,12 +145,3 @@ class LiRA(Attack):
             return self.alpha * clean + (1 - self.alpha) * per_sample[chosen].mean()
 
         return loss
-
-    # --- state -------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {f"noise.{k}": v for k, v in self.noise_net_.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.noise_net_.load_state_dict({k[len("noise."):]: v for k, v in state.items() if k.startswith("noise.")})
-        self.noise_net_.eval()

@@ -8,7 +8,7 @@ the paper leaves open, is described in docs/method.md.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
