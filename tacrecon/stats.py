@@ -56,7 +56,7 @@ def min_test_pvalue(scores: Tensor, log: bool = True) -> float:
     (:func:`null_min_deviates`), so selecting the minimum does not bias the test. Infinite
     scores (unreachable classes) are left out.
     """
-    values = scores[torch.isfinite(scores)].double().cpu().numpy()
+    values = scores[torch.isfinite(scores)].detach().double().cpu().numpy()
     if values.size < 3:
         return 1.0
     if log:
