@@ -63,6 +63,25 @@ class QPResult:
     feasible: Tensor
 
 
+def sample_distances(latents: Tensor, weight: Tensor, bias: Tensor | None = None, chunk: int = 4096) -> Tensor:
+    """Lower bound of each sample's own distance to each class region: (n, d) -> (n, C).
+
+    d_ik = max_j (logit_ij - logit_ik)_+ / ||w_k - w_j||, the distance from z_i to the farthest
+    single half-space of class k's region (0 where sample i already lies in it). The universal
+    shift s_k must reach every sample, so ||s_k|| >= max_i d_ik.
+    """
+    w = weight.double()
+    diff = torch.cdist(w, w).clamp_min(1e-12)  # (C, C) ||w_k - w_j||
+    out = []
+    for start in range(0, latents.shape[0], chunk):
+        logits = latents[start:start + chunk].double() @ w.T
+        if bias is not None:
+            logits = logits + bias.double()
+        margins = (logits[:, None, :] - logits[:, :, None]).clamp_min(0)  # (b, k, j)
+        out.append((margins / diff).amax(2))
+    return torch.cat(out)
+
+
 def check_inputs(latents: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     """Raise a clear error for shapes that do not fit or values that are not finite."""
     if latents.ndim != 2 or weight.ndim != 2 or latents.shape[1] != weight.shape[1]:

@@ -9,8 +9,8 @@ from tacrecon.io import atomic_write_bytes
 
 
 def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path, classes: Sequence[str] | None = None,
-               title: str = "") -> None:
-    """Bar chart of the per-class minimal-shift norms with the flagged classes in red (PNG)."""
+               title: str = "", ylabel: str = "||s_k|| (minimal latent shift)") -> None:
+    """Bar chart of a per-class score (by default the minimal-shift norms), flagged classes in red (PNG)."""
     import io
 
     import matplotlib
@@ -25,7 +25,7 @@ def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path,
     ax.set_xticks(range(len(norms)))
     ax.set_xticklabels(names if len(names) <= 20 else [str(k) for k in range(len(names))],
                        rotation=90 if len(names) > 10 or max(map(len, names)) > 4 else 0, fontsize=7)
-    ax.set_ylabel("||s_k|| (minimal latent shift)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "TAC scan: flagged classes in red", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -40,7 +40,8 @@ def scan_record(tac: TAC, data: Dataset, seconds: float) -> dict[str, Any]:
     target = tac.target_
     return {"backdoored": target is not None, "target": target,
             "target_name": data.classes[target] if target is not None else None, "targets": tac.targets_,
-            "norms": tac.scores_["norms"], "anomaly_index": tac.scores_["anomaly_index"],
+            "score": tac.score, "norms": tac.scores_["norms"], "ratios": tac.scores_["ratios"],
+            "anomaly_index": tac.scores_["anomaly_index"],
             "p_value": tac.scores_["p_value"], "rule": tac.rule, "threshold": tac.threshold, "alpha": tac.alpha,
             "kkt_residual": tac.scores_["kkt_residual"], "seconds": seconds, "scan_seconds": tac.stats_["scan_seconds"]}
 
@@ -75,7 +76,9 @@ def write_outputs(record: dict[str, Any], data: Dataset, json_path: Any, plot_pa
 
         title = f"{record['model']}: " + (f"backdoor, class {record['target']} ({record['target_name']})"
                                           if record["backdoored"] else "no backdoor found")
-        plot_norms(record["norms"], record["targets"], plot_path, data.classes, title[-90:])
+        ratio = record["score"] == "ratio"
+        plot_norms(record["ratios" if ratio else "norms"], record["targets"], plot_path, data.classes, title[-90:],
+                   "||s_k|| / mean per-sample distance" if ratio else "||s_k|| (minimal latent shift)")
 
 
 def evaluate(loaded: LoadedModel, model: torch.nn.Module, data: Dataset) -> dict[str, float]:

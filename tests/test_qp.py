@@ -129,3 +129,20 @@ def test_bad_inputs(bad, message):
         solve_latent_qp(args["z"], args["w"], args["b"])
     with pytest.raises(TacreconError, match="quantile"):
         solve_latent_qp(torch.rand(4, 3), torch.randn(4, 3), None, quantile=1.5)
+
+
+def test_sample_distances_lower_bound_the_universal_shift():
+    from tacrecon.qp import sample_distances
+
+    z, w, b = problem(n=30, c=5, seed=8)
+    dist = sample_distances(z, w, b)
+    result = solve_latent_qp(z, w, b)
+    assert dist.shape == (30, 5) and bool((dist >= 0).all())
+    assert bool((result.norms >= dist.amax(0) - 1e-9).all())
+    # a sample already in class k is at distance 0 from it
+    pred = (z @ w.T + b).argmax(1)
+    assert bool((dist[torch.arange(30), pred] == 0).all())
+    # the distance of a sample alone is the norm of its own one-sample QP (a lower bound of it)
+    for i in range(3):
+        single = solve_latent_qp(z[i:i + 1], w, b).norms
+        assert bool((single >= dist[i] - 1e-9).all())

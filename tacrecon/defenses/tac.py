@@ -19,7 +19,7 @@ from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES, Defense
 from tacrecon.errors import TacreconError
 from tacrecon.models import Classifier, as_classifier
-from tacrecon.qp import QPResult, solve_latent_qp
+from tacrecon.qp import QPResult, sample_distances, solve_latent_qp
 from tacrecon.stats import anomaly_index, min_test_pvalue
 from tacrecon.train import TrainConfig, fit
 
@@ -37,12 +37,29 @@ def latents_of(model: Classifier, x: Tensor, batch_size: int = 512) -> Tensor:
 
 
 def reconstruct(model: Classifier, clean: Split, bias: bool = True, quantile: float | None = None,
-                batch_size: int = 512) -> QPResult:
-    """Phase 1a: the minimal latent shift s_k (d,) of every class k, from the clean latents."""
+                latents: Tensor | None = None) -> QPResult:
+    """Phase 1a: the minimal latent shift s_k (d,) of every class k, from the clean latents
+    (computed here unless ``latents`` (N, d) of ``clean`` are given)."""
     head = model.get_classifier()
-    z = latents_of(model, clean.x, batch_size)
+    z = latents if latents is not None else latents_of(model, clean.x)
     b = head.bias.detach() if bias and head.bias is not None else None
     return solve_latent_qp(z, head.weight.detach(), b, quantile=quantile)
+
+
+def universality_ratios(model: Classifier, latents: Tensor, labels: Tensor, qp: QPResult, bias: bool = True) -> Tensor:
+    """||s_k|| / (mean distance of a clean sample of another class to class k on its own): (C,).
+
+    A class that is merely easy to reach (close to every sample) has both a small universal
+    shift and small per-sample distances; a backdoor target is reachable by *one* shift almost
+    as cheaply as each sample on its own. The ratio keeps the second and cancels the first.
+    """
+    head = model.get_classifier()
+    b = head.bias.detach() if bias and head.bias is not None else None
+    dist = sample_distances(latents, head.weight.detach(), b).cpu()
+    y = labels.cpu()
+    mean = torch.stack([dist[y != k, k].mean() if bool((y != k).any()) else dist[:, k].mean()
+                        for k in range(dist.shape[1])])
+    return qp.norms / mean.clamp_min(1e-12)
 
 
 def detect(norms: Tensor, threshold: float = 2.0, alpha: float = 0.05, rule: str = "mad") -> dict[str, Any]:
@@ -108,6 +125,8 @@ class TAC(Defense):
     """TAC (arXiv 2511.08944): latent QP reconstruction, poisoned-class test, unlearning.
 
     Args:
+        score: the per-class score the test looks at: ``norm`` (||s_k||, the paper's) or
+            ``ratio`` (||s_k|| over the mean per-sample distance, see :func:`universality_ratios`).
         bias: include the head's bias in the QP constraints.
         quantile: 1.0 uses the max over clean samples (the paper's form); q < 1 the q-quantile.
         rule, threshold, alpha: the detection rule of :func:`detect`.
@@ -120,6 +139,7 @@ class TAC(Defense):
     training of the CPU protocol.
     """
 
+    score: str = "norm"
     bias: bool = True
     quantile: float = 1.0
     rule: str = "mad"
@@ -138,6 +158,8 @@ class TAC(Defense):
     def validate(self) -> None:
         if not 0 < self.quantile <= 1:
             raise TacreconError(f"quantile must be in (0, 1], got {self.quantile}")
+        if self.score not in ("norm", "ratio"):
+            raise TacreconError(f"score must be norm or ratio, got {self.score!r}")
         if self.rule not in ("mad", "pvalue", "both"):
             raise TacreconError(f"rule must be mad, pvalue or both, got {self.rule!r}")
         if self.beta < 0 or self.epochs < 0:
@@ -149,8 +171,11 @@ class TAC(Defense):
         if int(clean.y.max()) >= classifier.num_classes:
             raise TacreconError(f"the clean labels reach class {int(clean.y.max())} but the model has "
                                 f"{classifier.num_classes} classes")
-        qp = reconstruct(classifier, clean, self.bias, None if self.quantile >= 1 else self.quantile)
-        return qp, detect(qp.norms, self.threshold, self.alpha, self.rule)
+        z = latents_of(classifier, clean.x)
+        qp = reconstruct(classifier, clean, self.bias, None if self.quantile >= 1 else self.quantile, z)
+        ratios = universality_ratios(classifier, z, clean.y, qp, self.bias)
+        found = detect(qp.norms if self.score == "norm" else ratios, self.threshold, self.alpha, self.rule)
+        return qp, {**found, "ratios": ratios}
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
         import time
@@ -159,7 +184,8 @@ class TAC(Defense):
         qp, found = self.scan(model, clean)
         self.stats_["scan_seconds"] = time.perf_counter() - start
         self.stats_["qp_iterations"] = int(qp.iterations.sum())
-        self.scores_ = {"norms": qp.norms.tolist(), "anomaly_index": found["anomaly_index"].tolist(),
+        self.scores_ = {"score": self.score, "norms": qp.norms.tolist(), "ratios": found["ratios"].tolist(),
+                        "anomaly_index": found["anomaly_index"].tolist(),
                         "p_value": found["p_value"], "kkt_residual": float(qp.kkt_residual.nan_to_num(0).max())}
         self.shifts_ = qp.shifts
         self.targets_ = found["flagged"]
