@@ -51,7 +51,7 @@ def main() -> None:
                      pct(r["after"]["acc"]), pct(r["before"].get("asr")), pct(r["after"].get("asr")),
                      "-" if r.get("der") is None else f"{r['der']:.3f}", f"{r['seconds']:.0f}"])
         print(rows[-1], flush=True)
-    table = markdown_table(["attack", "flagged", "index of class 0", "max index", "p (min norm)", "ACC before",
+    table = markdown_table(["attack", "flagged", "index of target", "max index", "p (min norm)", "ACC before",
                             "ACC after", "ASR before", "ASR after", "DER", "seconds"], rows)
     write_result(f"tac_cpu_{args.dataset}_seed{args.seed}", {"dataset": args.dataset, "seed": args.seed,
                                                             "tac_overrides": tac, "cells": cells}, table)
