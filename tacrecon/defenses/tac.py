@@ -62,7 +62,7 @@ def universality_ratios(model: Classifier, latents: Tensor, labels: Tensor, qp: 
     return qp.norms / mean.clamp_min(1e-12)
 
 
-def detect(norms: Tensor, threshold: float = 2.0, alpha: float = 0.05, rule: str = "mad") -> dict[str, Any]:
+def detect(norms: Tensor, threshold: float = 3.0, alpha: float = 0.05, rule: str = "mad") -> dict[str, Any]:
     """Phase 1b: flag classes whose norm (C,) is unusually small.
 
     Returns a dict with ``anomaly_index`` (C,), ``p_value`` (of the smallest norm), and
@@ -129,7 +129,10 @@ class TAC(Defense):
             ``ratio`` (||s_k|| over the mean per-sample distance, see :func:`universality_ratios`).
         bias: include the head's bias in the QP constraints.
         quantile: 1.0 uses the max over clean samples (the paper's form); q < 1 the q-quantile.
-        rule, threshold, alpha: the detection rule of :func:`detect`.
+        rule, threshold, alpha: the detection rule of :func:`detect`. The default, anomaly
+            index > 3, was chosen on digits models of tuning seeds 100-109 (benchmarks/
+            tac_tuning_digits.py): no false positive on 10 clean models, BadNets found in 9 of 10;
+            the usual threshold of 2 flagged 2 of the 10 clean models.
         force_target: repair this class even if the model looks clean (-1: off).
         repair: fine-tune after detection (False: scan only).
         epochs, lr, batch_size, beta, recompute, freeze_head: the unlearning fine-tune.
@@ -143,7 +146,7 @@ class TAC(Defense):
     bias: bool = True
     quantile: float = 1.0
     rule: str = "mad"
-    threshold: float = 2.0
+    threshold: float = 3.0
     alpha: float = 0.05
     force_target: int = -1
     repair: bool = True
