@@ -12,14 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import markdown_table, write_result
+from common import markdown_table, pct, write_result
 from tacrecon.artifact import run_attack
 
 ORDER = ["none", "badnets", "blended", "wanet", "sig", "trojan", "input_aware", "lira"]
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
 
 
 def main() -> None:

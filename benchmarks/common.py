@@ -29,3 +29,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def pct(value: float | None) -> str:
+    """A rate as a percentage, or "-" when there is none."""
+    return "-" if value is None else f"{value:.2%}"

@@ -16,14 +16,10 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
+from common import markdown_table, pct, write_result
 from tacrecon.cli import parse_sets
 from tacrecon.io import read_json
 from tacrecon.scan import run_repair
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2%}"
 
 
 def main() -> None:

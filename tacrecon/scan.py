@@ -14,7 +14,8 @@ from tacrecon.defenses.tac import TAC
 from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_bytes, atomic_write_json, provenance, save_checkpoint
 from tacrecon.loading import LoadedModel, load_any
-from tacrecon.metrics import accuracy, attack_rates, der
+from tacrecon.artifact import evaluate as evaluate_attack
+from tacrecon.metrics import accuracy, der
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,10 @@ def write_outputs(record: dict[str, Any], data: Dataset, json_path: Any, plot_pa
 
 def evaluate(loaded: LoadedModel, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
     """ACC on the test split, and ASR / RA when the model came with its attack."""
-    out = {"acc": accuracy(model, data.test)}
-    art = loaded.artifact
-    if art is not None and art.attack.name != "none":
-        out["asr"], out["ra"] = attack_rates(model, data.test, art.attack, art.attack.label_map())
-    return out
+    if loaded.artifact is None:
+        return {"acc": accuracy(model, data.test)}
+    metrics = evaluate_attack(model, loaded.artifact.attack, data)
+    return {k: v for k, v in metrics.items() if v is not None}
 
 
 def run_repair(model: str, dataset: str, out: str | Path, device: torch.device, tac_kwargs: dict[str, Any] | None = None,

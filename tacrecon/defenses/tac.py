@@ -8,6 +8,7 @@ the paper leaves open, is described in docs/method.md.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +175,11 @@ class TAC(Defense):
         if self.beta < 0 or self.epochs < 0:
             raise TacreconError("beta and epochs must be >= 0")
 
+    @property
+    def quantile_or_none(self) -> float | None:
+        """The quantile for the QP: None (the max over samples) when ``quantile`` is 1."""
+        return None if self.quantile >= 1 else self.quantile
+
     def scan(self, model: nn.Module, clean: Split) -> tuple[QPResult, dict[str, Any]]:
         """Phases 1a and 1b on ``model`` (not modified): the QP result and the detection."""
         classifier = as_classifier(model)
@@ -181,14 +187,12 @@ class TAC(Defense):
             raise TacreconError(f"the clean labels reach class {int(clean.y.max())} but the model has "
                                 f"{classifier.num_classes} classes")
         z = latents_of(classifier, clean.x)
-        qp = reconstruct(classifier, clean, self.bias, None if self.quantile >= 1 else self.quantile, z)
+        qp = reconstruct(classifier, clean, self.bias, self.quantile_or_none, z)
         ratios = universality_ratios(classifier, z, clean.y, qp, self.bias)
         found = detect(qp.norms if self.score == "norm" else ratios, self.threshold, self.alpha, self.rule)
         return qp, {**found, "ratios": ratios}
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
-        import time
-
         start = time.perf_counter()
         qp, found = self.scan(model, clean)
         self.stats_["scan_seconds"] = time.perf_counter() - start
@@ -208,5 +212,5 @@ class TAC(Defense):
         cfg = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, label_smoothing=0.0,
                           schedule="cosine", crop_padding=pad, flip=False, progress=True, weight_decay=5e-4)
         unlearn(classifier, clean, target, qp.shifts[target].float(), cfg, self.beta, self.recompute,
-                self.freeze_head, generator, self.bias, None if self.quantile >= 1 else self.quantile)
+                self.freeze_head, generator, self.bias, self.quantile_or_none)
         self.stats_["repair_seconds"] = time.perf_counter() - start
