@@ -9,8 +9,6 @@ from tacrecon.defenses import DEFENSES, create_defense
 from tacrecon.errors import TacreconError
 from tacrecon.scan import clean_subset
 
-# the smallest budget of each defense, so the suite stays fast
-FAST = {"tac": {"epochs": 1, "force_target": 0}}
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +22,14 @@ def tiny(tmp_path_factory):
 
 def fitted(name, tiny, seed=0):
     art, clean = tiny
-    return create_defense(name, **FAST.get(name, {})).fit(art.model, clean, torch.Generator().manual_seed(seed))
+    return create_defense(name, "smoke").fit(art.model, clean, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_fit_contract(name, tiny):
     art, clean = tiny
     before = {k: v.clone() for k, v in art.model.state_dict().items()}
-    defense = create_defense(name, **FAST.get(name, {}))
+    defense = create_defense(name, "smoke")
     assert defense.fit(art.model, clean, torch.Generator().manual_seed(0)) is defense
     for k, v in art.model.state_dict().items():
         assert torch.equal(v, before[k]), f"{name} modified the input model ({k})"
@@ -54,3 +52,14 @@ def test_empty_clean_set_and_unknown_defense(tiny):
         create_defense("tac").fit(art.model, clean.subset(torch.tensor([], dtype=torch.long)))
     with pytest.raises(TacreconError, match="unknown defense"):
         create_defense("magic")
+
+
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_paper_and_budgets(name):
+    cls = DEFENSES.get(name)
+    assert cls.paper, f"{name} names no paper"
+    assert {"cpu", "smoke"} <= set(cls.budgets), f"{name} lacks a cpu or smoke budget"
+    for budget in cls.budgets:
+        assert isinstance(create_defense(name, budget), cls)
+    with pytest.raises(TacreconError, match="no budget"):
+        create_defense(name, "huge")

@@ -7,6 +7,10 @@
 * ``target_``: the class the defense found poisoned, or None (no detection, or not a detector);
 * ``targets_``: every flagged class (multi-target attacks);
 * ``stats_``: seconds per phase and other measurements.
+
+Each defense names its paper (``paper``) and its compute budgets (``budgets``): the dataclass
+defaults are the published recipe (BackdoorBench's config, for GPU runs); ``budgets["cpu"]`` is
+the override used by the CPU protocol and ``budgets["smoke"]`` the smallest run the tests use.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -30,6 +34,17 @@ DEFENSES = Registry("defense")
 @dataclass
 class Defense(Config):
     """Base class: subclasses add hyperparameter fields and implement :meth:`defend`."""
+
+    paper: ClassVar[str] = ""
+    budgets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def with_budget(cls, budget: str | None = None, **overrides: Any) -> "Defense":
+        """This defense with the named ``budget`` (None: the published recipe) and ``overrides``."""
+        if budget is not None and budget not in cls.budgets:
+            known = ", ".join(cls.budgets) or "none"
+            raise TacreconError(f"{cls.__name__} has no budget {budget!r}; known: {known}")
+        return cls.from_dict({**(cls.budgets.get(budget, {}) if budget else {}), **overrides})
 
     def fit(self, model: nn.Module, clean: Split, generator: torch.Generator | None = None) -> "Defense":
         """Defend a copy of ``model`` with the defender's ``clean`` split; returns ``self``.
@@ -59,3 +74,13 @@ class Defense(Config):
     @property
     def name(self) -> str:
         return getattr(type(self), "registered_name", type(self).__name__.lower())
+
+
+def holdout(clean: Split, fraction: float, generator: torch.Generator) -> tuple[Split, Split]:
+    """Split the defender's clean set into (train, validation), the validation part holding
+    ``fraction`` of it (at least one sample): for choices made on clean accuracy, never on test data."""
+    n_val = max(1, round(fraction * len(clean)))
+    if n_val >= len(clean):
+        raise TacreconError(f"cannot hold out {n_val} of {len(clean)} clean samples for validation")
+    order = torch.randperm(len(clean), generator=generator)
+    return clean.subset(order[n_val:].sort().values), clean.subset(order[:n_val].sort().values)

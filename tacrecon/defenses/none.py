@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from tacrecon.defenses.base import DEFENSES, Defense
 @dataclass
 class NoDefense(Defense):
     """No defense: returns the model unchanged."""
+
+    paper: ClassVar[str] = "no defense (the backdoored model as trained)"
+    budgets: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "smoke": {}}
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
         return None

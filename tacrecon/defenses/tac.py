@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +148,10 @@ class TAC(Defense):
     CPU budget: 10 epochs over the 5% clean set (2,500 CIFAR-10 images, 790 steps of 32), about
     5% of one clean training of the CPU protocol.
     """
+
+    paper: ClassVar[str] = ("Iwahana et al. 2025, Robust Backdoor Removal by Reconstructing Trigger-Activated "
+                             "Changes in Latent Representation, https://arxiv.org/abs/2511.08944")
+    budgets: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "smoke": {"epochs": 1, "force_target": 0}}
 
     score: str = "norm"
     bias: bool = True
