@@ -1,4 +1,4 @@
-"""Command line: ``tacrecon {train,attack,scan,repair,list,demo}``. The only place that picks a device.
+"""Command line: ``tacrecon {train,attack,scan,repair,defend,list,demo}``. The only place that picks a device.
 
 Bad input of any kind prints one line ``tacrecon: error: ...`` and exits with code 2.
 """
@@ -103,8 +103,19 @@ def build_parser() -> Parser:
             p.add_argument("--force-target", type=int, default=None, help="repair this class even if none is flagged")
         add_common(p)
 
-    p = sub.add_parser("list", help="list registered datasets, models or attacks")
-    p.add_argument("what", choices=["datasets", "models", "attacks"])
+    p = sub.add_parser("defend", help="run any registered defense on an attack artifact")
+    p.add_argument("name", help="defense name (see `tacrecon list defenses`)")
+    p.add_argument("artifact", help="attack artifact folder (from `tacrecon attack`)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (reused when complete)")
+    p.add_argument("--budget", default=None, help="named budget, e.g. cpu (default: the published recipe)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--clean-fraction", type=float, default=None, help="share of the training split (default 0.05)")
+    group.add_argument("--clean-n", type=int, default=None, help="number of clean samples")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="defense hyperparameters")
+    add_common(p)
+
+    p = sub.add_parser("list", help="list registered datasets, models, attacks or defenses")
+    p.add_argument("what", choices=["datasets", "models", "attacks", "defenses"])
 
     p = sub.add_parser("demo", help="attack -> scan -> repair on the bundled digits data (about a minute)")
     p.add_argument("--epochs", type=int, default=None)
@@ -185,15 +196,33 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_defend(args: argparse.Namespace) -> int:
+    from tacrecon.defend import run_defense
+
+    r = run_defense(args.name, args.artifact, args.out, root=args.data_root, device=pick_device(args.device),
+                    budget=args.budget, overrides=parse_sets(args.set), clean_fraction=args.clean_fraction,
+                    clean_n=args.clean_n, seed=args.seed)
+    b, a = r["before"], r["after"]
+    line = f"ACC {b['acc']:.2%} -> {a['acc']:.2%}"
+    if b["asr"] is not None:
+        line += f", ASR {b['asr']:.2%} -> {a['asr']:.2%}, RA {b['ra']:.2%} -> {a['ra']:.2%}, DER {r['der']:.3f}"
+    found = "" if r["target"] is None else f", flagged class {r['target']}"
+    print(f"{args.name} on {r['attack']} ({r['dataset']}/{r['arch']}): {line}{found} ({r['seconds']:.0f} s) -> {args.out}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from tacrecon.attacks import ATTACKS
     from tacrecon.data import DATASETS
+    from tacrecon.defenses import DEFENSES
     from tacrecon.models import MODELS
 
-    registry = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS}[args.what]
+    registry = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES}[args.what]
     for name in registry.names():
-        paragraph = (registry.get(name).__doc__ or "").strip().split("\n\n")[0]
-        print(f"{name:18s} {' '.join(paragraph.split())}")
+        entry = registry.get(name)
+        paragraph = " ".join((entry.__doc__ or "").strip().split("\n\n")[0].split())
+        paper = getattr(entry, "paper", "")
+        print(f"{name:18s} {paragraph}" + (f" [{paper}]" if paper else ""))
     return 0
 
 
@@ -203,7 +232,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo(device=pick_device(args.device), seed=args.seed, epochs=args.epochs, out=args.out)
 
 
-COMMANDS = {"train": cmd_train, "attack": cmd_attack, "scan": cmd_scan, "repair": cmd_repair, "list": cmd_list,
+COMMANDS = {"train": cmd_train, "attack": cmd_attack, "scan": cmd_scan, "repair": cmd_repair,
+            "defend": cmd_defend, "list": cmd_list,
             "demo": cmd_demo}
 
 

@@ -29,6 +29,9 @@ def isolated(monkeypatch, tmp_path):
     (["train", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--set", "epoch=2"], "unknown TrainConfig key"),
     (["train", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--device", "cuda:7"], "device"),
     (["list", "things"], "invalid choice"),
+    (["defend", "magic", "nowhere", "--out", "o"], "unknown defense 'magic'"),
+    (["defend", "ft", "nowhere", "--out", "o"], "not a complete attack artifact"),
+    (["defend", "ft", "nowhere", "--out", "o", "--set", "epoch=1"], "unknown FT key"),
     (["attack", "nope", "--dataset", "digits", "--arch", "test_cnn", "--out", "o"], "unknown attack 'nope'"),
     (["attack", "badnets", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--target", "12"], "outside 0..9"),
     (["attack", "badnets", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--poison-rate", "0"], "rate"),
@@ -43,7 +46,8 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, m
 
 
 def test_list(capsys):
-    for what, name in (("models", "preact_resnet18"), ("datasets", "gtsrb"), ("attacks", "badnets")):
+    for what, name in (("models", "preact_resnet18"), ("datasets", "gtsrb"), ("attacks", "badnets"),
+                       ("defenses", "tac")):
         code, out, _ = run(capsys, "list", what)
         assert code == 0 and name in out
 
@@ -61,3 +65,12 @@ def test_train_and_attack_write_artifacts(capsys, tmp_path):
     code, out, _ = run(capsys, "attack", "--clean", "--dataset", "digits", "--arch", "test_cnn", "--epochs", "1",
                        "--out", str(tmp_path / "none"), "--train-set", "progress=false")
     assert code == 0 and json.loads((tmp_path / "none" / "attack.json").read_text())["asr"] is None
+    code, out, _ = run(capsys, "defend", "ft", str(tmp_path / "bd"), "--out", str(tmp_path / "ft"),
+                       "--budget", "smoke", "--clean-n", "100")
+    assert code == 0 and "ft on badnets" in out and "DER" in out
+    record = json.loads((tmp_path / "ft" / "defense.json").read_text())
+    assert record["clean_samples"] == 100 and record["before"]["asr"] is not None
+    code, _, err = run(capsys, "defend", "ft", str(tmp_path / "bd"), "--out", str(tmp_path / "ft"), "--set", "lr=0.5")
+    assert code == 2 and "another configuration" in err
+    code, _, err = run(capsys, "defend", "ft", str(tmp_path / "bd"), "--out", str(tmp_path / "x"), "--budget", "huge")
+    assert code == 2 and "no budget 'huge'" in err
