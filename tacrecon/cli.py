@@ -1,4 +1,4 @@
-"""Command line: ``tacrecon {train,attack,scan,repair,defend,list,demo}``. The only place that picks a device.
+"""Command line: ``tacrecon {train,attack,scan,repair,defend,bench,report,list,demo}``. The only place that picks a device.
 
 Bad input of any kind prints one line ``tacrecon: error: ...`` and exits with code 2.
 """
@@ -114,6 +114,25 @@ def build_parser() -> Parser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="defense hyperparameters")
     add_common(p)
 
+    p = sub.add_parser("bench", help="run a grid of attacks x defenses x seeds (resumable)")
+    p.add_argument("config", type=Path, help="grid config (YAML), e.g. configs/smoke.yaml")
+    p.add_argument("--out", type=Path, required=True, help="results folder (finished cells are skipped)")
+    p.add_argument("--only", nargs="*", default=[], metavar="KEY=V1[,V2]",
+                   help="run only the cells whose dataset/arch/attack/seed/defense match")
+    p.add_argument("--artifacts", type=Path, default=None, help="attack artifacts folder (default: OUT/artifacts)")
+    p.add_argument("--workers", type=int, default=1, help="parallel jobs (local backend; default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / workers)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--dry-run", action="store_true", help="only print what would run")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding the datasets (default: $TACRECON_DATA, else the user cache dir)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+
+    p = sub.add_parser("report", help="tables and plots of a bench results folder")
+    p.add_argument("dir", type=Path, help="the --out folder of `tacrecon bench`")
+    p.add_argument("--format", choices=["md", "html", "csv"], default="md", help="what to print (all are written)")
+
     p = sub.add_parser("list", help="list registered datasets, models, attacks or defenses")
     p.add_argument("what", choices=["datasets", "models", "attacks", "defenses"])
 
@@ -211,6 +230,33 @@ def cmd_defend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tacrecon.bench import load_config, parse_only, plan, run_grid
+
+    config = load_config(args.config)
+    only = parse_only(args.only)
+    device = str(pick_device(args.device))
+    s = run_grid(config, args.out, only=only, workers=args.workers, backend=args.backend, root=args.data_root,
+                 device=device, address=args.address, threads=args.threads, dry_run=args.dry_run,
+                 artifacts=args.artifacts)
+    if args.dry_run:
+        _, todo = plan(config, args.out, only)
+        for cell in todo:
+            print(cell.label)
+    print(f"{config.name}: {s['cells']} cells, {s['finished_before']} already finished, {s['to_run']} to run "
+          f"({s['artifacts_to_train']} attack artifacts to train)" +
+          ("" if args.dry_run or not s["to_run"] else f"; done {s['done']}, failed {s['failed']} "
+                                                      f"in {s['seconds'] / 60:.1f} min") + f" -> {args.out}")
+    return 1 if s["failed"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tacrecon.bench import write_report
+
+    print(write_report(args.dir)[args.format], end="")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from tacrecon.attacks import ATTACKS
     from tacrecon.data import DATASETS
@@ -233,7 +279,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "attack": cmd_attack, "scan": cmd_scan, "repair": cmd_repair,
-            "defend": cmd_defend, "list": cmd_list,
+            "defend": cmd_defend, "bench": cmd_bench, "report": cmd_report, "list": cmd_list,
             "demo": cmd_demo}
 
 

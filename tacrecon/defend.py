@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from tacrecon.artifact import evaluate, load_artifact
-from tacrecon.data import load_dataset
-from tacrecon.defenses import create_defense
+from tacrecon.artifact import Artifact, evaluate, load_artifact
+from tacrecon.data import Dataset, load_dataset
+from tacrecon.defenses import Defense, create_defense
 from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_json, provenance, read_json, save_checkpoint
 from tacrecon.metrics import der
@@ -62,6 +62,26 @@ def reuse(out: Path, request: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
+def defend_artifact(defense: Defense, art: Artifact, data: Dataset, *, seed: int = 0,
+                    clean_fraction: float | None = None, clean_n: int | None = None) -> dict[str, Any]:
+    """Fit ``defense`` on the clean set of ``data`` (drawn with ``seed``, avoiding the artifact's
+    poisoned indices) and measure the model of ``art`` before and after; returns the record.
+
+    "Before" is the artifact's own record (measured on the same test split when it was made).
+    """
+    clean = clean_subset(data.train, clean_fraction, clean_n, seed, art.poison_index)
+    before = {k: art.record[k] for k in ("acc", "asr", "ra")}
+    defense.fit(art.model, clean, torch.Generator().manual_seed(seed))
+    after = evaluate(defense.model_, art.attack, data)
+    return {"defense": defense.name, "defense_config": defense.to_dict(), "attack": art.record["attack"],
+            "dataset": art.record["dataset"], "arch": art.record["arch"], "attack_seed": art.record["seed"],
+            "attack_target": art.attack.target, "clean_samples": len(clean), "before": before, "after": after,
+            "der": der(before["acc"], after["acc"], before["asr"], after["asr"]) if before["asr"] is not None else None,
+            "target": defense.target_, "targets": list(defense.targets_),
+            "scores": jsonable(getattr(defense, "scores_", None)), "stats": jsonable(defense.stats_),
+            "seconds": defense.stats_["seconds"]}
+
+
 def run_defense(name: str, artifact: str | Path, out: str | Path, *, root: str | Path | None = None,
                 device: torch.device | str = "cpu", budget: str | None = None,
                 overrides: dict[str, Any] | None = None, clean_fraction: float | None = None,
@@ -81,18 +101,10 @@ def run_defense(name: str, artifact: str | Path, out: str | Path, *, root: str |
     start = time.perf_counter()
     art = load_artifact(artifact, device)
     data = load_dataset(art.record["dataset"], root=root, device=device)
-    clean = clean_subset(data.train, clean_fraction, clean_n, seed, art.poison_index)
-    before = evaluate(art.model, art.attack, data)
-    defense.fit(art.model, clean, torch.Generator().manual_seed(seed))
-    after = evaluate(defense.model_, art.attack, data)
-    record = {"request": request, "defense": name, "defense_config": defense.to_dict(), "artifact": str(artifact),
-              "attack": art.record["attack"], "dataset": art.record["dataset"], "arch": art.record["arch"],
-              "attack_seed": art.record["seed"], "attack_target": art.attack.target,
-              "clean_samples": len(clean), "before": before, "after": after,
-              "der": der(before["acc"], after["acc"], before["asr"], after["asr"]) if before["asr"] is not None else None,
-              "target": defense.target_, "targets": list(defense.targets_),
-              "scores": jsonable(getattr(defense, "scores_", None)), "stats": jsonable(defense.stats_),
-              "seconds": time.perf_counter() - start, "provenance": provenance(device)}
+    record = {"request": request, **defend_artifact(defense, art, data, seed=seed, clean_fraction=clean_fraction,
+                                                    clean_n=clean_n), "artifact": str(artifact)}
+    record["total_seconds"] = time.perf_counter() - start
+    record["provenance"] = provenance(device)
     if save_model:
         meta = read_json(Path(artifact) / "model.json")
         save_checkpoint(defense.model_, out, {k: v for k, v in meta.items() if k not in ("format", "version")})

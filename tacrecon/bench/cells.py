@@ -1,0 +1,103 @@
+"""Cells of a grid and where their files live.
+
+A cell is one (dataset, arch, attack, seed, defense). Its paths are made from its inputs only::
+
+    <artifacts>/<dataset>/<arch>/<attack>[-<h>]/seed<seed>/   the attack artifact (shared; <artifacts>
+                                                              defaults to <out>/artifacts)
+    <out>/cells/<dataset>/<arch>/<attack>[-<h>]/seed<seed>/<defense>[-<h>].json
+
+``-<h>`` (8 hex digits of a hash) appears only when the attack's or the defense's hyperparameters
+or the train budget are overridden, so a default cell always has the same readable path. A cell is
+finished when its JSON exists (written atomically, last); a failed cell leaves ``<...>.failed.json``
+instead and is retried by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tacrecon.bench.config import BenchConfig
+
+FAILED_SUFFIX = ".failed.json"
+
+
+def short_hash(obj: Any) -> str:
+    """8 hex digits identifying a JSON-able ``obj`` (key order does not matter)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One defense run on one attack artifact, with everything that defines both."""
+
+    dataset: str
+    arch: str
+    attack: str
+    seed: int
+    defense: str
+    budget: str | None = None
+    attack_params: dict = field(default_factory=dict, hash=False, compare=False)
+    train: dict = field(default_factory=dict, hash=False, compare=False)
+    defense_params: dict = field(default_factory=dict, hash=False, compare=False)
+    clean_fraction: float | None = None
+    clean_n: int | None = None
+
+    @property
+    def attack_dir(self) -> str:
+        """``<attack>`` or ``<attack>-<hash>`` when its parameters or the train budget differ."""
+        extra = {"attack_params": self.attack_params, "train": self.train}
+        return self.attack if not (self.attack_params or self.train) else f"{self.attack}-{short_hash(extra)}"
+
+    @property
+    def defense_name(self) -> str:
+        return self.defense if not self.defense_params else f"{self.defense}-{short_hash(self.defense_params)}"
+
+    def artifact_path(self, artifacts: Path) -> Path:
+        """The artifact folder under ``artifacts`` (by default ``<out>/artifacts``)."""
+        return Path(artifacts) / self.dataset / self.arch / self.attack_dir / f"seed{self.seed}"
+
+    def result_path(self, out: Path) -> Path:
+        return Path(out) / "cells" / self.dataset / self.arch / self.attack_dir / f"seed{self.seed}" / f"{self.defense_name}.json"
+
+    def failed_path(self, out: Path) -> Path:
+        path = self.result_path(out)
+        return path.with_name(path.name[:-len(".json")] + FAILED_SUFFIX)
+
+    @property
+    def key(self) -> dict[str, Any]:
+        """The inputs, as stored in the result (``request``) and matched by ``--only``."""
+        return {"dataset": self.dataset, "arch": self.arch, "attack": self.attack, "seed": self.seed,
+                "defense": self.defense, "budget": self.budget, "attack_params": self.attack_params,
+                "train": self.train, "defense_params": self.defense_params,
+                "clean_fraction": self.clean_fraction, "clean_n": self.clean_n}
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.arch}/{self.attack_dir}/seed{self.seed}/{self.defense_name}"
+
+
+def expand(config: BenchConfig) -> list[Cell]:
+    """Every cell of every grid, in a stable order, without duplicates."""
+    cells: dict[str, Cell] = {}
+    for grid in config.grids:
+        for dataset in grid.datasets:
+            for arch in grid.archs:
+                for attack in grid.attacks:
+                    for seed in grid.seeds:
+                        for defense in grid.defenses:
+                            cell = Cell(dataset, arch, attack, seed, defense, grid.budget,
+                                        dict(grid.attack_params.get(attack, {})), dict(grid.train),
+                                        dict(grid.defense_params.get(defense, {})), grid.clean_fraction, grid.clean_n)
+                            cells.setdefault(cell.label, cell)
+    return list(cells.values())
+
+
+def select(cells: list[Cell], only: dict[str, list[str]]) -> list[Cell]:
+    """The cells whose field matches one of the values for every key of ``only``."""
+    def keep(cell: Cell) -> bool:
+        return all(str(getattr(cell, k)) in values for k, values in only.items())
+    return [c for c in cells if keep(c)]

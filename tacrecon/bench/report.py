@@ -1,0 +1,224 @@
+"""``tacrecon report DIR``: the grid's table (attacks x defenses, mean +- std over seeds), plots.
+
+Every cell shows ``ACC / ASR`` after the defense (percent); the best defense of each attacked row
+(highest mean DER) is in bold. A second table gives the detection of the defenses that flag a
+class (TAC, NC): on backdoored models how often the attack's target was flagged, on clean models
+how often any class was (false positives). Files written into DIR: report.md, report.csv,
+report.html (one self-contained page with the plots inlined), asr_vs_acc.png, plots/tac_*.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from tacrecon.bench.cells import FAILED_SUFFIX
+from tacrecon.errors import TacreconError
+from tacrecon.io import atomic_write_bytes, read_json
+
+
+@dataclass
+class Row:
+    """One finished cell, flattened."""
+
+    dataset: str
+    arch: str
+    attack: str
+    seed: int
+    defense: str
+    acc: float
+    asr: float | None
+    ra: float | None
+    der: float | None
+    acc_before: float
+    asr_before: float | None
+    target: int | None
+    targets: list
+    attack_target: int
+    seconds: float
+    norms: list | None
+
+
+def load_rows(out: str | Path) -> tuple[list[Row], int]:
+    """Every finished cell under ``out/cells`` and the number of failed ones."""
+    root = Path(out) / "cells"
+    if not root.is_dir():
+        raise TacreconError(f"{out}: no cells/ folder (not a bench output folder)")
+    rows, failed = [], 0
+    for path in sorted(root.rglob("*.json")):
+        if path.name.endswith(FAILED_SUFFIX):
+            failed += 1
+            continue
+        r = read_json(path)
+        dataset, arch, attack, seed = path.relative_to(root).parts[:4]
+        scores = r.get("scores") or {}
+        rows.append(Row(dataset, arch, attack, int(seed[4:]), path.stem, r["after"]["acc"], r["after"]["asr"],
+                        r["after"]["ra"], r["der"], r["before"]["acc"], r["before"]["asr"], r["target"],
+                        r["targets"], r["attack_target"], r["seconds"], scores.get("norms")))
+    return rows, failed
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values: Sequence[float | None]) -> str:
+    """Percent, with +- std over seeds when there are several."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    m, s = mean_std([100 * v for v in vals])
+    return f"{m:.1f}" if len(vals) == 1 else f"{m:.1f}±{s:.1f}"
+
+
+def order(names: set[str], first: Sequence[str]) -> list[str]:
+    return [n for n in first if n in names] + sorted(n for n in names if n not in first)
+
+
+def tables(rows: list[Row]) -> list[dict[str, Any]]:
+    """One table per (dataset, arch): header, body rows (cells as text), bold positions."""
+    out = []
+    for dataset, arch in sorted({(r.dataset, r.arch) for r in rows}):
+        sub = [r for r in rows if (r.dataset, r.arch) == (dataset, arch)]
+        defenses = order({r.defense for r in sub}, ["none", "tac"])
+        attacks = order({r.attack for r in sub}, ["none"])
+        body, bold = [], []
+        for attack in attacks:
+            cells, ders = [], []
+            for d in defenses:
+                group = [r for r in sub if r.attack == attack and r.defense == d]
+                if not group:
+                    cells.append("")
+                    ders.append(None)
+                    continue
+                acc = fmt([r.acc for r in group])
+                cells.append(acc if group[0].asr is None else f"{acc} / {fmt([r.asr for r in group])}")
+                d_values = [r.der for r in group if r.der is not None]
+                ders.append(statistics.fmean(d_values) if d_values else None)
+            best = max((i for i, v in enumerate(ders) if v is not None), key=lambda i: ders[i], default=None)
+            seeds = len({r.seed for r in sub if r.attack == attack})
+            body.append([attack, str(seeds), *cells])
+            bold.append(best)
+        out.append({"title": f"{dataset} / {arch}", "header": ["attack", "seeds", *defenses], "body": body,
+                    "bold": bold})
+    return out
+
+
+def detection(rows: list[Row]) -> dict[str, Any] | None:
+    """Detection table for the defenses that ever flag a class; None when there are none."""
+    detectors = sorted({r.defense for r in rows if r.target is not None} | {r.defense for r in rows if r.norms})
+    if not detectors:
+        return None
+    body = []
+    for key in sorted({(r.dataset, r.arch, r.attack) for r in rows}, key=lambda k: (k[0], k[1], k[2] != "none", k[2])):
+        cells = []
+        for d in detectors:
+            group = [r for r in rows if (r.dataset, r.arch, r.attack) == key and r.defense == d]
+            if not group:
+                cells.append("")
+            elif key[2] == "none":
+                cells.append(f"FP {sum(bool(r.targets) for r in group)}/{len(group)}")
+            else:
+                cells.append(f"{sum(r.attack_target in r.targets for r in group)}/{len(group)}")
+        body.append([f"{key[0]}/{key[1]}", key[2], *cells])
+    return {"title": "detection (target flagged / models; FP = clean models flagged)",
+            "header": ["data/arch", "attack", *detectors], "body": body, "bold": [None] * len(body)}
+
+
+def markdown(table: dict[str, Any]) -> str:
+    lines = [f"### {table['title']}", "", "| " + " | ".join(table["header"]) + " |",
+             "|" + "|".join("---" for _ in table["header"]) + "|"]
+    for row, best in zip(table["body"], table["bold"]):
+        cells = [f"**{c}**" if best is not None and i == best + 2 else c for i, c in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def html_table(table: dict[str, Any]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table["header"])
+    rows = []
+    for row, best in zip(table["body"], table["bold"]):
+        cells = "".join(f"<td><b>{html.escape(c)}</b></td>" if best is not None and i == best + 2
+                        else f"<td>{html.escape(c)}</td>" for i, c in enumerate(row))
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<h3>{html.escape(table['title'])}</h3><table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def scatter_png(rows: list[Row]) -> bytes | None:
+    """ASR vs ACC after the defense, one colour per defense (attacked models only)."""
+    points = [r for r in rows if r.asr is not None]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    markers = "os^vD<>pP*Xh"
+    for i, d in enumerate(order({r.defense for r in points}, ["none", "tac"])):
+        group = [r for r in points if r.defense == d]
+        ax.scatter([100 * r.acc for r in group], [100 * r.asr for r in group], label=d, marker=markers[i % len(markers)],
+                   s=60 if d == "tac" else 30, alpha=0.8)
+    ax.set_xlabel("clean accuracy after defense (%)")
+    ax.set_ylabel("attack success rate after defense (%)")
+    ax.set_title("each point: one attacked model, one defense (down-right is better)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def csv_text(rows: list[Row]) -> str:
+    buf = io.StringIO()
+    fields = ["dataset", "arch", "attack", "seed", "defense", "acc_before", "asr_before", "acc", "asr", "ra", "der",
+              "target", "attack_target", "seconds"]
+    writer = csv.writer(buf)
+    writer.writerow(fields)
+    for r in rows:
+        writer.writerow([getattr(r, f) for f in fields])
+    return buf.getvalue()
+
+
+def write_report(out: str | Path) -> dict[str, str]:
+    """Write the report files into ``out`` and return the texts by format (md, html, csv)."""
+    from tacrecon.report import plot_norms
+
+    out = Path(out)
+    rows, failed = load_rows(out)
+    if not rows:
+        raise TacreconError(f"{out}: no finished cell to report" + (f" ({failed} failed)" if failed else ""))
+    blocks = tables(rows)
+    found = detection(rows)
+    note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
+            + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds; bold: the highest DER of the row.")
+    md = "\n\n".join([note, *(markdown(t) for t in blocks), *([markdown(found)] if found else [])]) + "\n"
+    figures = []
+    png = scatter_png(rows)
+    if png:
+        atomic_write_bytes(out / "asr_vs_acc.png", png)
+        figures.append(("ASR vs ACC after each defense", png))
+    for r in rows:
+        if r.norms:
+            path = out / "plots" / f"{r.defense}_{r.dataset}_{r.arch}_{r.attack}_seed{r.seed}.png"
+            plot_norms(r.norms, r.targets, path, title=f"{r.defense} scan: {r.dataset}/{r.arch}/{r.attack} seed {r.seed}")
+            figures.append((path.stem, path.read_bytes()))
+    images = "".join(f"<figure><img src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
+                     f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b in figures)
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>tacrecon report</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:3px 8px;text-align:right}figure{display:inline-block;margin:1em}</style></head><body>"
+            f"<h2>tacrecon benchmark report</h2><p>{html.escape(note)}</p>"
+            + "".join(html_table(t) for t in blocks) + (html_table(found) if found else "") + images + "</body></html>")
+    texts = {"md": md, "html": page, "csv": csv_text(rows)}
+    for fmt_name, text in texts.items():
+        atomic_write_bytes(out / f"report.{fmt_name}", text.encode())
+    return texts

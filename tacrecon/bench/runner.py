@@ -1,0 +1,271 @@
+"""Run a grid: each cell trains (or reuses) its attack artifact, runs its defense, writes one JSON.
+
+Scheduling is a two-level graph: one job per missing attack artifact, then one job per cell of that
+artifact as soon as it exists, so an artifact is trained once however many workers there are (a
+file lock also keeps two concurrent ``bench`` runs from training it twice). Backends: ``local``
+(in-process with one worker, else a process pool) and ``ray`` (the same jobs as Ray tasks on an
+existing cluster, or a local Ray instance). A failing job is recorded and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import fcntl
+import logging
+import multiprocessing
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from tacrecon.bench.cells import Cell, expand, select
+from tacrecon.bench.config import BenchConfig
+from tacrecon.errors import TacreconError
+from tacrecon.io import atomic_write_json, provenance, read_json
+
+log = logging.getLogger(__name__)
+
+ONLY_KEYS = ("dataset", "arch", "attack", "seed", "defense")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if needed), released even if killed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def artifact_job(cell: Cell, out: str, artifacts: str, root: str | None, device: str, threads: int | None,
+                 progress: bool) -> dict[str, Any]:
+    """Train (or reuse) the artifact of ``cell``; returns ``{"ok": bool, "error": str}``."""
+    from tacrecon.artifact import run_attack
+
+    _set_threads(threads)
+    path = cell.artifact_path(Path(artifacts))
+    try:
+        with file_lock(path.parent / f".{path.name}.lock"):
+            run_attack(cell.attack, cell.dataset, cell.arch, path, root=root, device=device, seed=cell.seed,
+                       attack_kwargs=cell.attack_params, train_overrides={**cell.train, "progress": progress})
+        return {"ok": True, "error": None}
+    except Exception as e:  # recorded in every cell of the artifact; the grid goes on
+        log.error("artifact %s failed: %s", path, e)
+        return {"ok": False, "error": f"attack artifact failed: {type(e).__name__}: {e}",
+                "traceback": traceback.format_exc()}
+
+
+def cell_job(cell: Cell, out: str, artifacts: str, root: str | None, device: str, threads: int | None) -> dict[str, Any]:
+    """Run the defense of ``cell`` on its (existing) artifact and write its result JSON."""
+    from tacrecon.artifact import load_artifact
+    from tacrecon.data import load_dataset
+    from tacrecon.defend import defend_artifact
+    from tacrecon.defenses import create_defense
+
+    _set_threads(threads)
+    start = time.perf_counter()
+    try:
+        art = load_artifact(cell.artifact_path(Path(artifacts)), device)
+        data = load_dataset(cell.dataset, root=root, device=device)
+        defense = create_defense(cell.defense, cell.budget, **cell.defense_params)
+        record = defend_artifact(defense, art, data, seed=cell.seed, clean_fraction=cell.clean_fraction,
+                                 clean_n=cell.clean_n)
+        attack = {k: art.record[k] for k in ("acc", "asr", "ra", "seconds", "poisoned", "attack_config", "train_config")}
+        result = {"status": "done", "request": cell.key, **record, "attack_record": attack,
+                  "cell_seconds": time.perf_counter() - start, "provenance": provenance(device)}
+        atomic_write_json(cell.result_path(Path(out)), result)
+        cell.failed_path(Path(out)).unlink(missing_ok=True)
+        return {"ok": True, "label": cell.label}
+    except Exception as e:
+        return record_failure(cell, out, f"{type(e).__name__}: {e}", traceback.format_exc())
+
+
+def record_failure(cell: Cell, out: str, error: str, trace: str | None) -> dict[str, Any]:
+    """Write ``<cell>.failed.json`` (a failed cell never counts as finished)."""
+    log.error("cell %s failed: %s", cell.label, error)
+    atomic_write_json(cell.failed_path(Path(out)), {"status": "failed", "request": cell.key, "error": error,
+                                                    "traceback": trace, "provenance": provenance("cpu")})
+    return {"ok": False, "label": cell.label, "error": error}
+
+
+def finished(cell: Cell, out: Path) -> bool:
+    """True when the cell's result exists; a result made by other inputs is an error."""
+    path = cell.result_path(out)
+    if not path.is_file():
+        return False
+    stored = read_json(path).get("request")
+    if stored != cell.key:
+        raise TacreconError(f"{path} was made by other inputs ({stored}); this config asks {cell.key}: "
+                            f"use another --out")
+    return True
+
+
+def parse_only(items: list[str]) -> dict[str, list[str]]:
+    """``["attack=badnets,blended", "seed=0"]`` -> ``{"attack": ["badnets", "blended"], "seed": ["0"]}``."""
+    only: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ONLY_KEYS or not value:
+            raise TacreconError(f"--only expects KEY=V1[,V2...] with KEY in {', '.join(ONLY_KEYS)}, got {item!r}")
+        only.setdefault(key, []).extend(v.strip() for v in value.split(","))
+    return only
+
+
+class Inline:
+    """Runs each job at once in this process (one worker)."""
+
+    def submit(self, fn: Callable[..., dict], *args: Any) -> cf.Future:
+        future: cf.Future = cf.Future()
+        future.set_result(fn(*args))
+        return future
+
+    def wait(self, pending: set) -> tuple[set, set]:
+        return set(pending), set()
+
+    def result(self, handle: Any) -> dict:
+        return handle.result()
+
+    def close(self) -> None:
+        pass
+
+
+class Pool(Inline):
+    """A pool of ``workers`` spawned processes."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, fn: Callable[..., dict], *args: Any) -> cf.Future:
+        return self.pool.submit(fn, *args)
+
+    def wait(self, pending: set) -> tuple[set, set]:
+        done, rest = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+        return set(done), set(rest)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Ray(Inline):
+    """The jobs as Ray tasks (``address``: an existing cluster; None: a local Ray instance)."""
+
+    def __init__(self, address: str | None, threads: int | None, gpu: bool) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise TacreconError("the ray backend needs Ray: pip install 'tacrecon[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads or 1)}})
+        self.options = {"num_gpus": 1} if gpu else {"num_cpus": threads or 1}
+        self.remote: dict[Callable, Any] = {}
+
+    def submit(self, fn: Callable[..., dict], *args: Any) -> Any:
+        if fn not in self.remote:
+            self.remote[fn] = self.ray.remote(fn).options(**self.options, max_retries=0)
+        return self.remote[fn].remote(*args)
+
+    def wait(self, pending: set) -> tuple[set, set]:
+        done, rest = self.ray.wait(list(pending), num_returns=1)
+        return set(done), set(rest)
+
+    def result(self, handle: Any) -> dict:
+        return self.ray.get(handle)
+
+
+def make_backend(backend: str, workers: int, threads: int | None, device: str, address: str | None) -> Inline:
+    if backend == "ray":
+        return Ray(address, threads, device.startswith("cuda"))
+    if backend != "local":
+        raise TacreconError(f"backend must be local or ray, got {backend!r}")
+    return Inline() if workers == 1 else Pool(workers)
+
+
+def plan(config: BenchConfig, out: Path, only: dict[str, list[str]] | None = None) -> tuple[list[Cell], list[Cell]]:
+    """(all selected cells, those not finished yet)."""
+    cells = select(expand(config), only or {})
+    if not cells:
+        raise TacreconError("no cell of the config matches --only")
+    return cells, [c for c in cells if not finished(c, out)]
+
+
+def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]] | None = None, workers: int = 1,
+             backend: str = "local", root: str | Path | None = None, device: str = "cpu",
+             address: str | None = None, threads: int | None = None, dry_run: bool = False,
+             progress: bool = True, artifacts: str | Path | None = None) -> dict[str, Any]:
+    """Run every unfinished cell of ``config`` into ``out``; returns a summary of counts.
+
+    Args:
+        workers: parallel jobs (local backend); each gets ``threads`` torch threads (default:
+            the CPU count divided by ``workers``).
+        dry_run: only report what would run.
+        artifacts: where the attack artifacts live (default ``out/artifacts``); artifacts made
+            by ``tacrecon attack`` with the same inputs can be reused from there.
+    """
+    if workers < 1:
+        raise TacreconError(f"--workers must be >= 1, got {workers}")
+    out = Path(out)
+    artifacts = Path(artifacts) if artifacts is not None else out / "artifacts"
+    cells, todo = plan(config, out, only)
+    groups: dict[Path, list[Cell]] = {}
+    for cell in todo:
+        groups.setdefault(cell.artifact_path(artifacts), []).append(cell)
+    missing = [p for p in groups if not (p / "attack.json").is_file()]
+    summary = {"cells": len(cells), "finished_before": len(cells) - len(todo), "to_run": len(todo),
+               "artifacts_to_train": len(missing), "done": 0, "failed": 0}
+    if dry_run or not todo:
+        return summary
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    start = time.perf_counter()
+    runner = make_backend(backend, workers, threads, device, address)
+    args = (str(out), str(artifacts), None if root is None else str(root), device, threads)
+    try:
+        _drive(runner, groups, args, summary, progress and workers == 1 and backend == "local")
+    finally:
+        runner.close()
+    summary["seconds"] = time.perf_counter() - start
+    atomic_write_json(out / "bench.json", {"config": config.to_dict(), "last_run": summary,
+                                           "provenance": provenance(device)})
+    return summary
+
+
+def _drive(runner: Inline, groups: dict[Path, list[Cell]], args: tuple, summary: dict[str, Any],
+           inner_progress: bool) -> None:
+    """Submit artifact jobs, then each artifact's cells when it is ready, until all are done."""
+    pending: dict[Any, tuple[str, Any]] = {}
+    bar = tqdm(total=sum(map(len, groups.values())), desc="grid", unit="cell", disable=None)
+    for path, cells in groups.items():
+        pending[runner.submit(artifact_job, cells[0], *args, inner_progress)] = ("artifact", path)
+    while pending:
+        done, _ = runner.wait(set(pending))
+        for handle in done:
+            kind, what = pending.pop(handle)
+            result = runner.result(handle)
+            if kind == "artifact" and result["ok"]:
+                for cell in groups[what]:
+                    pending[runner.submit(cell_job, cell, *args)] = ("cell", cell)
+                continue
+            if kind == "artifact":
+                for cell in groups[what]:
+                    record_failure(cell, args[0], result["error"], result.get("traceback"))
+                summary["failed"] += len(groups[what])
+                bar.update(len(groups[what]))
+            else:
+                summary["done" if result["ok"] else "failed"] += 1
+                bar.update(1)
+            bar.set_postfix(failed=summary["failed"])
+    bar.close()

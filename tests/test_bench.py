@@ -1,0 +1,211 @@
+"""The grid runner: config errors, stable paths, resume after a kill, one artifact per attack cell,
+the report on a hand-made folder, and the Ray backend (when installed) against the local one."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tacrecon.bench import BenchConfig, Cell, expand, load_config, parse_only, plan, run_grid, write_report
+from tacrecon.bench import runner
+from tacrecon.errors import TacreconError
+
+TINY = {"name": "tiny", "grids": [{"datasets": ["digits"], "archs": ["test_cnn"], "attacks": ["badnets"],
+                                   "defenses": ["none", "ft"], "seeds": [0], "budget": "smoke",
+                                   "train": {"epochs": 1}, "clean_n": 64}]}
+
+
+def write(tmp_path, config, name="grid.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"grids": [{**TINY["grids"][0], "atacks": ["badnets"]}]}, "unknown Grid key(s): atacks"),
+    ({"grids": [{**TINY["grids"][0], "seeds": "0"}]}, "Grid.seeds must be a list"),
+    ({"grids": [{**TINY["grids"][0], "attacks": ["badnet"]}]}, "unknown attack 'badnet'"),
+    ({"grids": [{**TINY["grids"][0], "defense_params": {"nc": {}}}]}, "'nc' is not in this grid"),
+    ({"grids": [{**TINY["grids"][0], "defense_params": {"ft": {"lr": "fast"}}}]}, "FT.lr must be float"),
+    ({"grids": [{**TINY["grids"][0], "train": {"epoch": 1}}]}, "unknown TrainConfig key(s): epoch"),
+    ({"grids": [{**TINY["grids"][0], "budget": "huge"}]}, "no budget 'huge'"),
+    ({"grids": []}, "at least one grid"),
+    ({"nmae": "x"}, "unknown BenchConfig key(s): nmae"),
+])
+def test_config_errors_name_the_key(tmp_path, change, message):
+    path = write(tmp_path, {**TINY, **change})
+    with pytest.raises(TacreconError) as e:
+        load_config(path)
+    assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(TacreconError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("grids: [\n")
+    with pytest.raises(TacreconError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_shipped_configs_load():
+    for name in ("smoke", "cpu", "backdoorbench"):
+        config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+        assert expand(config), name
+
+
+def test_cell_paths_are_stable(tmp_path):
+    cell = Cell("cifar10", "resnet_small", "badnets", 1, "tac", "cpu")
+    assert cell.result_path(tmp_path) == tmp_path / "cells/cifar10/resnet_small/badnets/seed1/tac.json"
+    assert cell.artifact_path(tmp_path) == tmp_path / "cifar10/resnet_small/badnets/seed1"
+    tuned = Cell("cifar10", "resnet_small", "badnets", 1, "tac", "cpu", {"patch_size": 4}, {}, {"lr": 0.1})
+    assert tuned.attack_dir.startswith("badnets-") and len(tuned.attack_dir) == len("badnets-") + 8
+    again = Cell("cifar10", "resnet_small", "badnets", 1, "tac", "cpu", {"patch_size": 4}, {}, {"lr": 0.1})
+    assert tuned.result_path(tmp_path) == again.result_path(tmp_path)
+    assert tuned.defense_name.startswith("tac-") and len(tuned.defense_name) == len("tac-") + 8
+
+
+def test_expand_and_only():
+    config = BenchConfig.from_dict(TINY)
+    cells = expand(config)
+    assert [c.defense for c in cells] == ["none", "ft"]
+    only = parse_only(["defense=ft"])
+    assert [c.defense for c in runner.select(cells, only)] == ["ft"]
+    with pytest.raises(TacreconError, match="--only expects"):
+        parse_only(["colour=red"])
+
+
+def results(out):
+    return {p.name: json.loads(p.read_text()) for p in (out / "cells").rglob("*.json")}
+
+
+def test_run_resume_and_failure(tmp_path, monkeypatch):
+    config = BenchConfig.from_dict(TINY)
+    out = tmp_path / "out"
+    summary = run_grid(config, out, progress=False)
+    assert summary["done"] == 2 and summary["failed"] == 0
+    first = results(out)
+    assert first["ft.json"]["status"] == "done" and first["ft.json"]["before"]["asr"] is not None
+    assert run_grid(config, out)["to_run"] == 0  # nothing left to do
+
+    # a killed run: one cell lost, a stale temp file left behind; a defense that raises mid-way
+    cell_dir = next((out / "cells").rglob("ft.json")).parent
+    (cell_dir / "ft.json").unlink()
+    (cell_dir / ".ft.json.abc.tmp").write_text("{half")
+    calls = []
+    original = runner.cell_job
+
+    def counting(cell, *args):
+        calls.append(cell.defense)
+        return original(cell, *args)
+
+    monkeypatch.setattr(runner, "cell_job", counting)
+    assert run_grid(config, out)["done"] == 1 and calls == ["ft"]
+    assert results(out)["ft.json"]["after"] == first["ft.json"]["after"]  # same seed, same numbers
+
+    (cell_dir / "ft.json").unlink()
+    import tacrecon.defenses as defenses
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(defenses, "create_defense", broken)
+    summary = run_grid(config, out)
+    assert summary["failed"] == 1
+    failed = json.loads((cell_dir / "ft.failed.json").read_text())
+    assert "out of memory" in failed["error"] and not (cell_dir / "ft.json").exists()
+    monkeypatch.undo()
+    assert run_grid(config, out)["done"] == 1 and not (cell_dir / "ft.failed.json").exists()
+
+
+def test_conflicting_inputs_are_an_error(tmp_path):
+    config = BenchConfig.from_dict(TINY)
+    out = tmp_path / "out"
+    run_grid(config, out, only={"defense": ["none"]}, progress=False)
+    other = BenchConfig.from_dict({**TINY, "grids": [{**TINY["grids"][0], "clean_n": 32}]})
+    with pytest.raises(TacreconError, match="made by other inputs"):
+        plan(other, out)
+
+
+def test_an_artifact_is_trained_once(tmp_path, monkeypatch):
+    import tacrecon.artifact as artifact
+
+    trained = []
+
+    def fake_run_attack(name, dataset, arch, out, **kwargs):
+        if (Path(out) / "attack.json").exists():
+            return {}
+        trained.append(str(out))
+        time.sleep(0.3)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "attack.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr(artifact, "run_attack", fake_run_attack)
+    cell = expand(BenchConfig.from_dict(TINY))[0]
+    threads = [threading.Thread(target=runner.artifact_job, args=(cell, str(tmp_path), str(tmp_path), None, "cpu", None, False))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(trained) == 1
+
+
+def test_two_workers(tmp_path):
+    config = BenchConfig.from_dict({**TINY, "grids": [{**TINY["grids"][0], "attacks": ["badnets", "blended"]}]})
+    summary = run_grid(config, tmp_path, workers=2, threads=1)
+    assert summary["done"] == 4 and summary["artifacts_to_train"] == 2
+    records = [json.loads(p.read_text()) for p in (tmp_path / "artifacts").rglob("attack.json")]
+    assert len(records) == 2
+
+
+def hand_cell(out, attack, seed, defense, acc, asr, der, target=None, norms=None):
+    path = out / "cells" / "cifar10" / "resnet_small" / attack / f"seed{seed}" / f"{defense}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"before": {"acc": 0.85, "asr": None if attack == "none" else 0.95},
+                                "after": {"acc": acc, "asr": asr, "ra": None}, "der": der, "target": target,
+                                "targets": [] if target is None else [target], "attack_target": 0, "seconds": 1.0,
+                                "scores": {"norms": norms} if norms else None}))
+
+
+def test_report_on_a_hand_made_folder(tmp_path):
+    for seed, (a, b) in enumerate([(0.80, 0.02), (0.82, 0.04)]):
+        hand_cell(tmp_path, "badnets", seed, "none", 0.85, 0.95, 0.5)
+        hand_cell(tmp_path, "badnets", seed, "tac", a, b, 0.7, target=0, norms=[1.0, 5.0, 5.1])
+        hand_cell(tmp_path, "none", seed, "tac", 0.86, None, None, target=1 if seed else None, norms=[5.0, 1.0, 5.1])
+    (tmp_path / "cells/cifar10/resnet_small/badnets/seed0/ft.failed.json").write_text("{}")
+    texts = write_report(tmp_path)
+    md = texts["md"]
+    assert "6 finished cells, 1 failed" in md
+    assert "| attack | seeds | none | tac |" in md
+    assert "| none | 2 |  | 86.0±0.0 |" in md
+    assert "| badnets | 2 | 85.0±0.0 / 95.0±0.0 | **81.0±1.4 / 3.0±1.4** |" in md
+    assert "| cifar10/resnet_small | none | FP 1/2 |" in md and "| cifar10/resnet_small | badnets | 2/2 |" in md
+    assert texts["csv"].count("\n") == 7
+    assert (tmp_path / "asr_vs_acc.png").stat().st_size > 1000
+    assert len(list((tmp_path / "plots").glob("tac_*.png"))) == 4
+    assert texts["html"].count("data:image/png;base64") == 5
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(TacreconError, match="not a bench output folder"):
+        write_report(tmp_path)
+
+
+def test_ray_backend_matches_local(tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    config = BenchConfig.from_dict(TINY)
+    local = run_grid(config, tmp_path / "local", threads=1, progress=False)
+    try:
+        remote = run_grid(config, tmp_path / "ray", backend="ray", threads=1)
+    finally:
+        ray.shutdown()
+    assert local["done"] == remote["done"] == 2
+    a, b = results(tmp_path / "local"), results(tmp_path / "ray")
+    for name in a:
+        assert a[name]["after"] == b[name]["after"], name
