@@ -95,6 +95,23 @@ def test_unlearn_recompute_and_frozen_head(digits):
     assert torch.equal(model.get_classifier().weight, head_before)
 
 
+def test_multi_target_unlearn_loss_averages_the_targets(digits):
+    import torch.nn.functional as F
+
+    from tacrecon.defenses.tac import unlearn_loss
+
+    model = create_model("test_cnn", in_chans=1).eval()
+    x, y = digits.train.x[:32], digits.train.y[:32]
+    shifts = torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(0))
+    got = unlearn_loss([shifts], [0, 3], beta=0.5)(model, x, y)
+    z, head = model.latent(x), model.get_classifier()
+    terms = [F.cross_entropy(head(z[y != t] + shifts[i]), y[y != t]) for i, t in enumerate([0, 3])]
+    assert torch.allclose(got, F.cross_entropy(head(z), y) + 0.5 * (terms[0] + terms[1]) / 2)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.01, progress=False, crop_padding=0, flip=False)
+    clean = digits.train.subset(torch.arange(64))
+    assert len(unlearn(model, clean, [0, 3], reconstruct(model, clean).shifts[[0, 3]].float(), cfg)) == 1
+
+
 def test_tac_config_is_strict():
     with pytest.raises(TacreconError, match="unknown TAC key"):
         TAC.from_dict({"treshold": 2})

@@ -80,43 +80,51 @@ def detect(norms: Tensor, threshold: float = 3.0, alpha: float = 0.05, rule: str
     return {"anomaly_index": index, "p_value": p_value, "flagged": flagged}
 
 
-def unlearn_loss(shift: Tensor, target: int, beta: float):
-    """fit's loss: CE on clean latents + beta * CE on latents shifted by s_t, for y != t.
+def unlearn_loss(shifts: list[Tensor], targets: list[int], beta: float):
+    """fit's loss: CE on clean latents + beta * mean over flagged t of CE on the latents of the
+    samples with y != t shifted by s_t (their true labels kept).
 
-    ``shift`` is a one-element list holding s_t (d,), so the epoch hook can replace it.
+    ``shifts`` is a one-element list holding the (T, d) stack of s_t, so the epoch hook can
+    replace it; ``targets`` (T,) are the flagged classes (several for a multi-target attack).
     """
     def loss(model: Classifier, x: Tensor, y: Tensor) -> Tensor:
         z = model.latent(x)
         head = model.get_classifier()
         ce = F.cross_entropy(head(z), y)
-        keep = y != target
-        if beta == 0 or not bool(keep.any()):
+        if beta == 0:
             return ce
-        return ce + beta * F.cross_entropy(head(z[keep] + shift[0].to(z)), y[keep])
+        terms = []
+        for s, t in zip(shifts[0], targets):
+            keep = y != t
+            if bool(keep.any()):
+                terms.append(F.cross_entropy(head(z[keep] + s.to(z)), y[keep]))
+        return ce + beta * torch.stack(terms).mean() if terms else ce
     return loss
 
 
-def unlearn(model: Classifier, clean: Split, target: int, shift: Tensor, cfg: TrainConfig, beta: float = 1.0,
-            recompute: bool = False, freeze_head: bool = False, generator: torch.Generator | None = None,
-            bias: bool = True, quantile: float | None = None) -> list[float]:
+def unlearn(model: Classifier, clean: Split, targets: int | list[int], shifts: Tensor, cfg: TrainConfig,
+            beta: float = 1.0, recompute: bool = False, freeze_head: bool = False,
+            generator: torch.Generator | None = None, bias: bool = True, quantile: float | None = None) -> list[float]:
     """Phase 2: fine-tune ``model`` in place so that latents shifted by s_t keep their labels.
 
     Args:
-        shift: s_t (d,), the reconstructed TAC of the poisoned class ``target``.
-        recompute: recompute s_t against the current model before every epoch.
+        targets: the poisoned class, or every flagged class (multi-target attacks).
+        shifts: s_t, (d,) for one target or (T, d) for T targets: the reconstructed TACs.
+        recompute: recompute the s_t against the current model before every epoch.
         freeze_head: train the backbone only.
     Returns:
         the loss of each epoch.
     """
-    current = [shift]
+    targets = [targets] if isinstance(targets, int) else list(targets)
+    current = [shifts.reshape(len(targets), -1)]
 
     def refresh(epoch: int) -> None:
         if recompute and epoch > 0:
-            current[0] = reconstruct(model, clean, bias, quantile).shifts[target].float()
+            current[0] = reconstruct(model, clean, bias, quantile).shifts[targets].float()
 
     head = model.get_classifier()
     params = [p for p in model.parameters() if not (freeze_head and any(p is q for q in head.parameters()))]
-    return fit(model, clean, cfg, generator=generator, loss_fn=unlearn_loss(current, target, beta),
+    return fit(model, clean, cfg, generator=generator, loss_fn=unlearn_loss(current, targets, beta),
                params=params, epoch_hook=refresh, desc="tac unlearn")
 
 
@@ -134,7 +142,8 @@ class TAC(Defense):
             index > 3, was chosen on digits models of tuning seeds 100-109 (benchmarks/
             tac_tuning_digits.py): no false positive on 10 clean models, BadNets found in 9 of 10;
             the usual threshold of 2 flagged 2 of the 10 clean models.
-        force_target: repair this class even if the model looks clean (-1: off).
+        force_target: repair this class (only) even if the model looks clean (-1: off).
+            Otherwise every flagged class is repaired (multi-target attacks), each with its s_t.
         repair: fine-tune after detection (False: scan only).
         epochs, lr, batch_size, beta, recompute, freeze_head: the unlearning fine-tune. Chosen on
             digits BadNets models of tuning seeds 100-102 (benchmarks/tac_repair_tuning_digits.py):
@@ -207,14 +216,14 @@ class TAC(Defense):
         self.shifts_ = qp.shifts
         self.targets_ = found["flagged"]
         self.target_ = self.targets_[0] if self.targets_ else None
-        target = self.force_target if self.force_target >= 0 else self.target_
-        if target is None or not self.repair:
+        targets = [self.force_target] if self.force_target >= 0 else self.targets_
+        if not targets or not self.repair:
             return
         start = time.perf_counter()
         classifier = as_classifier(model)
         pad = self.crop_padding if self.crop_padding >= 0 else clean.x.shape[-1] // 8
         cfg = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, label_smoothing=0.0,
                           schedule="cosine", crop_padding=pad, flip=False, progress=True, weight_decay=5e-4)
-        unlearn(classifier, clean, target, qp.shifts[target].float(), cfg, self.beta, self.recompute,
+        unlearn(classifier, clean, targets, qp.shifts[targets].float(), cfg, self.beta, self.recompute,
                 self.freeze_head, generator, self.bias, self.quantile_or_none)
         self.stats_["repair_seconds"] = time.perf_counter() - start
