@@ -195,6 +195,7 @@ def test_report_errors(tmp_path):
         write_report(tmp_path)
 
 
+@pytest.mark.timeout(400)
 def test_ray_backend_matches_local(tmp_path):
     pytest.importorskip("ray")
     import ray
