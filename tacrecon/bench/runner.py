@@ -132,8 +132,8 @@ class Inline:
         future.set_result(fn(*args))
         return future
 
-    def wait(self, pending: set) -> tuple[set, set]:
-        return set(pending), set()
+    def wait(self, pending: list) -> tuple[list, list]:
+        return list(pending), []
 
     def result(self, handle: Any) -> dict:
         return handle.result()
@@ -151,9 +151,9 @@ class Pool(Inline):
     def submit(self, fn: Callable[..., dict], *args: Any) -> cf.Future:
         return self.pool.submit(fn, *args)
 
-    def wait(self, pending: set) -> tuple[set, set]:
+    def wait(self, pending: list) -> tuple[list, list]:
         done, rest = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-        return set(done), set(rest)
+        return list(done), list(rest)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -179,9 +179,9 @@ class Ray(Inline):
             self.remote[fn] = self.ray.remote(fn).options(**self.options, max_retries=0)
         return self.remote[fn].remote(*args)
 
-    def wait(self, pending: set) -> tuple[set, set]:
+    def wait(self, pending: list) -> tuple[list, list]:
         done, rest = self.ray.wait(list(pending), num_returns=1)
-        return set(done), set(rest)
+        return list(done), list(rest)
 
     def result(self, handle: Any) -> dict:
         return self.ray.get(handle)
@@ -251,7 +251,7 @@ def _drive(runner: Inline, groups: dict[Path, list[Cell]], args: tuple, summary:
     for path, cells in groups.items():
         pending[runner.submit(artifact_job, cells[0], *args, inner_progress)] = ("artifact", path)
     while pending:
-        done, _ = runner.wait(set(pending))
+        done, _ = runner.wait(list(pending))  # in submission order (inline: the grid's order)
         for handle in done:
             kind, what = pending.pop(handle)
             result = runner.result(handle)
