@@ -52,14 +52,19 @@ class HeadAdapter(Classifier):
         self.num_classes, self.latent_dim = head_layer.out_features, head_layer.in_features
         self.normalize = Normalize(mean, std) if mean is not None else nn.Identity()
         self._latent: Tensor | None = None
+        self._capturing = False
         head_layer.register_forward_pre_hook(self._capture)
 
     def _capture(self, _layer: nn.Module, args: tuple[Tensor, ...]) -> None:
-        self._latent = args[0]
+        if self._capturing:  # only inside forward_features: other adapters' calls keep nothing alive
+            self._latent = args[0]
 
     def forward_features(self, x: Tensor) -> Tensor:
-        self._latent = None
-        self.module(self.normalize(x))
+        self._latent, self._capturing = None, True
+        try:
+            self.module(self.normalize(x))
+        finally:
+            self._capturing = False
         z, self._latent = self._latent, None
         if z is None:
             raise TacreconError(f"head {self.head_name!r} was not called in the forward pass")
