@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 BatchHook = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
+StepFn = Callable[..., Tensor]
 
 
 @dataclass
@@ -89,7 +90,8 @@ def cross_entropy(cfg: TrainConfig) -> LossFn:
 def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
         generator: torch.Generator | None = None, loss_fn: LossFn | None = None,
         batch_hook: BatchHook | None = None, params: Iterable[nn.Parameter] | None = None,
-        epoch_hook: Callable[[int], None] | None = None, desc: str = "train") -> list[float]:
+        epoch_hook: Callable[[int], None] | None = None, desc: str = "train",
+        step_fn: StepFn | None = None) -> list[float]:
     """Train ``model`` in place on ``data`` and return the mean loss of each epoch.
 
     Args:
@@ -104,6 +106,8 @@ def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
         epoch_hook: called with the epoch number before each epoch (e.g. to recompute a target
             from the current model); the model is put back in train mode after it.
         desc: label of the progress bar.
+        step_fn: ``(model, opt, loss_fn, x, y, amp=...) -> loss`` making one optimizer step
+            (default :func:`train_step`; e.g. a SAM step).
     """
     cfg = cfg or TrainConfig()
     cfg.validate()
@@ -111,6 +115,7 @@ def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
         raise TacreconError("cannot train on an empty split")
     generator = generator or torch.Generator().manual_seed(0)
     loss_fn = loss_fn or cross_entropy(cfg)
+    step_fn = step_fn or train_step
     opt = make_optimizer(params if params is not None else model.parameters(), cfg)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
@@ -132,7 +137,7 @@ def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
                 x, y = batch_hook(x, y, generator)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(cfg, step, total)
-            loss = train_step(model, opt, loss_fn, x.contiguous(memory_format=fmt), y, cfg.amp)
+            loss = step_fn(model, opt, loss_fn, x.contiguous(memory_format=fmt), y, amp=cfg.amp)
             losses.append(loss)
             step += 1
             bar.update()

@@ -6,24 +6,20 @@ Zhu et al. 2023, "Enhancing Fine-Tuning Based Backdoor Defense with Sharpness-Aw
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from tacrecon.data.augment import augment
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES
 from tacrecon.defenses.tuning import FinetuneDefense
 from tacrecon.errors import TacreconError
-from tacrecon.train import LossFn, TrainConfig, lr_factor, make_optimizer
+from tacrecon.train import LossFn, fit
 
-log = logging.getLogger(__name__)
 
 
 def smoothed_cross_entropy(logits: Tensor, y: Tensor, smoothing: float) -> Tensor:
@@ -102,39 +98,6 @@ def sam_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, x: T
     return loss.detach()
 
 
-def fit_sam(model: nn.Module, data: Split, cfg: TrainConfig, rho: float, adaptive: bool,
-            generator: torch.Generator, loss_fn: LossFn, desc: str = "sam") -> list[float]:
-    """:func:`tacrecon.train.fit` with :func:`sam_step` instead of the plain step (same epoch
-    order, augmentation, learning-rate schedule and optimizer); returns the loss of each epoch."""
-    cfg.validate()
-    if len(data) == 0:
-        raise TacreconError("cannot train on an empty split")
-    opt = make_optimizer(model.parameters(), cfg)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total, step, history = cfg.epochs * steps_per_epoch, 0, []
-    bar = tqdm(total=total, desc=desc, disable=None if cfg.progress else True, leave=False)
-    model.train()
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(len(data), generator=generator).to(data.device)
-        losses = []
-        for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = augment(data.x[idx], generator, cfg.crop_padding, cfg.flip).contiguous(memory_format=fmt)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg, step, total)
-            losses.append(sam_step(model, opt, loss_fn, x, data.y[idx], rho, adaptive, cfg.amp))
-            step += 1
-            bar.update()
-        history.append(float(torch.stack(losses).mean()))
-        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.3f}")
-        log.info("%s epoch %d/%d loss %.4f", desc, epoch + 1, cfg.epochs, history[-1])
-    bar.close()
-    model.eval()
-    return history
-
-
 @DEFENSES.register("ftsam")
 @dataclass
 class FTSAM(FinetuneDefense):
@@ -178,5 +141,6 @@ class FTSAM(FinetuneDefense):
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
         smoothing = self.label_smoothing
         loss = lambda m, x, y: smoothed_cross_entropy(m(x), y, smoothing)  # noqa: E731
-        self.stats_["losses"] = fit_sam(model, clean, self.train_config(clean), self.rho, self.adaptive, generator,
-                                        loss, desc=f"{self.name} fine-tune")
+        step = functools.partial(sam_step, rho=self.rho, adaptive=self.adaptive)
+        self.stats_["losses"] = fit(model, clean, self.train_config(clean), generator=generator, loss_fn=loss,
+                                    step_fn=step, desc=f"{self.name} fine-tune")
