@@ -184,11 +184,11 @@ def scan_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def verdict(scan: dict[str, Any]) -> str:
     p = f"p = {scan['p_value']:.3g}"
-    if not scan["backdoored"]:
-        return f"no backdoor found (largest anomaly index {max(scan['anomaly_index']):.2f}, {p})"
-    k = scan["target"]
-    return (f"BACKDOORED: poisoned class {k} ({scan['target_name']}), anomaly index "
-            f"{scan['anomaly_index'][k]:.2f}, norm {scan['norms'][k]:.3g}, {p}")
+    k = min(range(len(scan["norms"])), key=lambda j: scan["norms"][j]) if scan["target"] is None else scan["target"]
+    stats = f"anomaly index {scan['anomaly_index'][k]:.2f}, norm {scan['relative'][k]:.0%} of the median, {p}"
+    if scan["target"] is None:
+        return f"no backdoor found (smallest norm: class {k}, {stats})"
+    return f"BACKDOORED: poisoned class {k} ({scan['target_name']}), {stats}"
 
 
 def cmd_scan(args: argparse.Namespace) -> int:

@@ -42,8 +42,9 @@ def scan_record(tac: TAC, data: Dataset, seconds: float) -> dict[str, Any]:
     return {"backdoored": target is not None, "target": target,
             "target_name": data.classes[target] if target is not None else None, "targets": tac.targets_,
             "score": tac.score, "norms": tac.scores_["norms"], "ratios": tac.scores_["ratios"],
-            "anomaly_index": tac.scores_["anomaly_index"],
+            "anomaly_index": tac.scores_["anomaly_index"], "relative": tac.scores_["relative"],
             "p_value": tac.scores_["p_value"], "rule": tac.rule, "threshold": tac.threshold, "alpha": tac.alpha,
+            "max_relative": tac.max_relative,
             "kkt_residual": tac.scores_["kkt_residual"], "seconds": seconds, "scan_seconds": tac.stats_["scan_seconds"]}
 
 

@@ -27,6 +27,15 @@ def anomaly_index(scores: Tensor) -> Tensor:
     return torch.where(torch.isfinite(scores), index, torch.full_like(index, -float("inf")))
 
 
+def relative_scores(scores: Tensor) -> Tensor:
+    """Each score (C,) over the median of the finite scores: 1 for a typical class, 0.5 for a
+    class reached at half the typical cost. Scale-free like the anomaly index, but unlike it
+    not divided by the spread, so a gap that is tiny in absolute terms stays tiny when every
+    class lies at almost the same distance (where the MAD is tiny too)."""
+    finite = scores[torch.isfinite(scores)].double()
+    return scores.double() / finite.median().clamp_min(1e-12)
+
+
 def min_deviate(values: np.ndarray) -> float:
     """(x_min - mean of the others) / (std of the others): how far the smallest value stands out."""
     order = np.sort(values)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tacrecon.stats import anomaly_index, min_test_pvalue
+from tacrecon.stats import anomaly_index, min_test_pvalue, relative_scores
 
 
 def test_anomaly_index_by_hand():
@@ -14,6 +14,11 @@ def test_anomaly_index_by_hand():
     # median 3, |dev| = 2,1,0,1,7 -> MAD 1 -> index = (3 - u) / 1.4826
     expected = (3 - scores) / 1.4826
     torch.testing.assert_close(anomaly_index(scores), expected.double())
+
+
+def test_relative_scores_by_hand():
+    rel = relative_scores(torch.tensor([2.0, 4.0, 4.0, 8.0, float("inf")]))
+    assert rel[:4].tolist() == pytest.approx([0.5, 1.0, 1.0, 2.0]) and rel[4] == float("inf")
 
 
 def test_anomaly_index_ignores_infinite():

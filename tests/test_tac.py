@@ -59,6 +59,18 @@ def test_detect_rules():
         detect(norms, rule="vote")
 
 
+def test_detect_relative_gate_ignores_a_tiny_gap_between_tight_norms():
+    # a clean model whose classes all lie ~10 apart except one at 9.4: a huge MAD index (the
+    # spread is tiny) but only 6% below the median, which is not a backdoor's shortcut
+    tight = torch.tensor([9.4, 10.0, 10.02, 9.98, 10.01, 9.99, 10.03, 9.97, 10.0, 10.02])
+    assert detect(tight, max_relative=1.0)["flagged"] == [0]
+    found = detect(tight, max_relative=0.8)
+    assert found["flagged"] == [] and found["relative"][0] == pytest.approx(9.4 / 10.0, rel=1e-3)
+    backdoor = tight.clone()
+    backdoor[0] = 5.0
+    assert detect(backdoor, max_relative=0.8)["flagged"] == [0]
+
+
 def test_planted_badnets_found_and_removed(planted, digits):
     art, clean = planted["badnets"]
     before = attack_rates(art.model, digits.test, art.attack, art.attack.label_map())[0]

@@ -21,7 +21,7 @@ from tacrecon.defenses.base import DEFENSES, Defense
 from tacrecon.errors import TacreconError
 from tacrecon.models import Classifier, as_classifier
 from tacrecon.qp import QPResult, sample_distances, solve_latent_qp
-from tacrecon.stats import anomaly_index, min_test_pvalue
+from tacrecon.stats import anomaly_index, min_test_pvalue, relative_scores
 from tacrecon.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -63,21 +63,26 @@ def universality_ratios(model: Classifier, latents: Tensor, labels: Tensor, qp: 
     return qp.norms / mean.clamp_min(1e-12)
 
 
-def detect(norms: Tensor, threshold: float = 3.0, alpha: float = 0.05, rule: str = "mad") -> dict[str, Any]:
+def detect(norms: Tensor, threshold: float = 3.0, alpha: float = 0.05, rule: str = "mad",
+           max_relative: float = 1.0) -> dict[str, Any]:
     """Phase 1b: flag classes whose norm (C,) is unusually small.
 
-    Returns a dict with ``anomaly_index`` (C,), ``p_value`` (of the smallest norm), and
-    ``flagged`` (classes, most anomalous first) under ``rule``: ``mad`` (anomaly index >
-    ``threshold``), ``pvalue`` (the minimum, if p < ``alpha``) or ``both`` (either).
+    Returns a dict with ``anomaly_index`` (C,), ``relative`` (C,: norm over the median norm),
+    ``p_value`` (of the smallest norm), and ``flagged`` (classes, most anomalous first) under
+    ``rule``: ``mad`` (anomaly index > ``threshold``), ``pvalue`` (the minimum, if p <
+    ``alpha``) or ``both`` (either); in every rule a class is flagged only if its norm is also
+    below ``max_relative`` times the median norm (1: no such gate).
     """
+    if rule not in ("mad", "pvalue", "both"):
+        raise TacreconError(f"rule must be mad, pvalue or both, got {rule!r}")
     index = anomaly_index(norms)
+    relative = relative_scores(norms)
     p_value = min_test_pvalue(norms)
     by_mad = [int(k) for k in torch.argsort(index, descending=True) if index[k] > threshold]
     by_p = [int(torch.argmin(norms))] if p_value < alpha else []
-    if rule not in ("mad", "pvalue", "both"):
-        raise TacreconError(f"rule must be mad, pvalue or both, got {rule!r}")
     flagged = by_mad if rule == "mad" else by_p if rule == "pvalue" else by_mad + [k for k in by_p if k not in by_mad]
-    return {"anomaly_index": index, "p_value": p_value, "flagged": flagged}
+    flagged = [k for k in flagged if relative[k] < max_relative]
+    return {"anomaly_index": index, "relative": relative, "p_value": p_value, "flagged": flagged}
 
 
 def unlearn_loss(shifts: list[Tensor], targets: list[int], beta: float):
@@ -168,6 +173,7 @@ class TAC(Defense):
     rule: str = "mad"
     threshold: float = 3.0
     alpha: float = 0.05
+    max_relative: float = 0.8
     force_target: int = -1
     repair: bool = True
     epochs: int = 10
@@ -185,6 +191,8 @@ class TAC(Defense):
             raise TacreconError(f"score must be norm or ratio, got {self.score!r}")
         if self.rule not in ("mad", "pvalue", "both"):
             raise TacreconError(f"rule must be mad, pvalue or both, got {self.rule!r}")
+        if not 0 < self.max_relative <= 1:
+            raise TacreconError(f"max_relative must be in (0, 1], got {self.max_relative}")
         if self.beta < 0 or self.epochs < 0:
             raise TacreconError("beta and epochs must be >= 0")
 
@@ -202,7 +210,8 @@ class TAC(Defense):
         z = latents_of(classifier, clean.x)
         qp = reconstruct(classifier, clean, self.bias, self.quantile_or_none, z)
         ratios = universality_ratios(classifier, z, clean.y, qp, self.bias)
-        found = detect(qp.norms if self.score == "norm" else ratios, self.threshold, self.alpha, self.rule)
+        found = detect(qp.norms if self.score == "norm" else ratios, self.threshold, self.alpha, self.rule,
+                       self.max_relative)
         return qp, {**found, "ratios": ratios}
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
@@ -211,7 +220,7 @@ class TAC(Defense):
         self.stats_["scan_seconds"] = time.perf_counter() - start
         self.stats_["qp_iterations"] = int(qp.iterations.sum())
         self.scores_ = {"score": self.score, "norms": qp.norms.tolist(), "ratios": found["ratios"].tolist(),
-                        "anomaly_index": found["anomaly_index"].tolist(),
+                        "anomaly_index": found["anomaly_index"].tolist(), "relative": found["relative"].tolist(),
                         "p_value": found["p_value"], "kkt_residual": float(qp.kkt_residual.nan_to_num(0).max())}
         self.shifts_ = qp.shifts
         self.targets_ = found["flagged"]

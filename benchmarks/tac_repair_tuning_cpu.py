@@ -1,0 +1,116 @@
+"""Choose TAC's repair recipe on the CPU protocol, on TUNING models (seed 100+), never reported ones.
+
+Usage: python benchmarks/tac_repair_tuning_cpu.py [--seeds 100] [--artifacts runs/tac_tuning/artifacts]
+                                                  [--data-root DIR] [--only VARIANT ...]
+
+Needs the artifacts of configs/tac_tuning_cpu.yaml (cifar10, resnet_small, none / badnets / blended /
+wanet). Each variant repairs every backdoored model with its true target forced (so detection does
+not interfere) and the clean model with its smallest-norm class forced (the cost of a false
+positive). Besides test ACC / ASR (allowed here: these models are never reported), it records what
+a defender can see with clean data only: the accuracy on 500 held-out clean training images and
+the target's relative norm ||s_t|| / median ||s_k|| rescanned on the repaired model. Results are
+cached per (model, variant) in the artifacts folder, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from common import markdown_table, pct, write_result
+from tacrecon.artifact import evaluate, load_artifact
+from tacrecon.data import load_dataset
+from tacrecon.defenses.tac import TAC
+from tacrecon.io import atomic_write_json, read_json
+from tacrecon.metrics import accuracy
+from tacrecon.scan import clean_subset
+
+VARIANTS = {
+    "b32 lr.01 ep10 frozen": {"batch_size": 32, "lr": 0.01, "epochs": 10},
+    "b32 lr.003 ep10 frozen": {"batch_size": 32, "lr": 0.003, "epochs": 10},
+    "b128 lr.01 ep20 frozen": {"batch_size": 128, "lr": 0.01, "epochs": 20},
+    "b256 lr.01 ep20 frozen": {"batch_size": 256, "lr": 0.01, "epochs": 20},
+    "b128 lr.01 ep20 whole": {"batch_size": 128, "lr": 0.01, "epochs": 20, "freeze_head": False},
+    "b128 lr.01 ep20 frozen recompute": {"batch_size": 128, "lr": 0.01, "epochs": 20, "recompute": True},
+    "b128 lr.01 ep20 frozen beta 3": {"batch_size": 128, "lr": 0.01, "epochs": 20, "beta": 3.0},
+    "b128 lr.01 ep20 frozen beta 0 (plain FT)": {"batch_size": 128, "lr": 0.01, "epochs": 20, "beta": 0.0},
+}
+ATTACKS = ("badnets", "blended", "wanet", "none")
+
+
+def relative_target_norm(model: torch.nn.Module, clean, target: int) -> float:
+    """||s_t|| / median_k ||s_k|| of ``model`` on ``clean``: near 1 once the shortcut to t is gone."""
+    norms = TAC(repair=False).fit(model, clean).scores_["norms"]
+    return norms[target] / float(torch.tensor(norms).median())
+
+
+def held_out(train, used: int, count: int, seed: int, exclude: torch.Tensor):
+    """``count`` clean training images outside the defender's set: clean_subset takes its ``used``
+    images from the head of one seeded permutation of the unpoisoned indices; these are the next."""
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[exclude.cpu()] = False
+    candidates = torch.nonzero(keep).flatten()
+    perm = torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed))
+    return train.subset(candidates[perm[used:used + count]])
+
+
+def run_one(art, data, variant: dict, seed: int) -> dict:
+    clean = clean_subset(data.train, 0.05, None, seed, art.poison_index)
+    held = held_out(data.train, len(clean), 500, seed, art.poison_index)
+    scan = TAC(repair=False).fit(art.model, clean)
+    target = art.attack.target if art.attack.name != "none" else int(torch.tensor(scan.scores_["norms"]).argmin())
+    start = time.perf_counter()
+    tac = TAC(force_target=target, **variant).fit(art.model, clean, torch.Generator().manual_seed(seed))
+    seconds = time.perf_counter() - start
+    after = evaluate(tac.model_, art.attack, data)
+    return {"target": target, "before": {k: art.record[k] for k in ("acc", "asr")}, "after": after, "seconds": seconds,
+            "held_acc_before": accuracy(art.model, held), "held_acc_after": accuracy(tac.model_, held),
+            "rel_norm_before": relative_target_norm(art.model, clean, target),
+            "rel_norm_after": relative_target_norm(tac.model_, clean, target)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[100])
+    parser.add_argument("--artifacts", type=Path, default=Path("runs/tac_tuning/artifacts"))
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = load_dataset("cifar10", root=args.data_root)
+    results: dict[str, dict[str, dict]] = {}
+    for name, variant in VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
+        for seed in args.seeds:
+            for attack in ATTACKS:
+                folder = args.artifacts / "cifar10" / "resnet_small" / attack / f"seed{seed}"
+                if not (folder / "attack.json").is_file():
+                    print(f"skip {folder}: no artifact yet", flush=True)
+                    continue
+                cache = folder / "repair_tuning" / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.json"
+                if cache.is_file() and read_json(cache).get("variant") == variant:
+                    record = read_json(cache)
+                else:
+                    record = {"variant": variant, **run_one(load_artifact(folder), data, variant, seed)}
+                    atomic_write_json(cache, record)
+                results.setdefault(name, {})[f"{attack}/seed{seed}"] = record
+                print(name, attack, seed, record["after"], round(record["seconds"]), flush=True)
+    rows = []
+    for name, per_model in results.items():
+        for model, r in per_model.items():
+            rows.append([name, model, f"{r['before']['acc']:.2%} -> {r['after']['acc']:.2%}",
+                         f"{pct(r['before']['asr'])} -> {pct(r['after']['asr'])}",
+                         f"{r['held_acc_before']:.1%} -> {r['held_acc_after']:.1%}",
+                         f"{r['rel_norm_before']:.2f} -> {r['rel_norm_after']:.2f}", f"{r['seconds']:.0f}"])
+    table = markdown_table(["variant (beta 1 unless said)", "model", "ACC (test)", "ASR (test)",
+                            "ACC (500 held-out clean)", "||s_t|| / median", "seconds"], rows)
+    print(table)
+    write_result("tac_repair_tuning_cpu", {"seeds": args.seeds, "variants": VARIANTS, "results": results}, table)
+
+
+if __name__ == "__main__":
+    main()
