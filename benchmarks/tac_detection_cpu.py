@@ -8,7 +8,7 @@ found under ``<artifacts>/cifar10/resnet_small/<attack>/seed<s>``; ``--train`` f
 missing clean models of ``--clean-seeds`` (same recipe and folders as the grid). Models under
 ``--tuning`` (seeds 100+, where the thresholds were chosen) are listed apart from the reported
 ones. Besides the default rule, the table shows each half of it alone (MAD index > 3; norm below
-0.8 x median), so the reason for the combined rule can be read off.
+0.85 x median), so the reason for the combined rule can be read off.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
     rows = [row(r["group"], r) for r in results]
     table = markdown_table(["models", "attack", "seed", "flagged", "correct", "target: norm / median",
                             "target: MAD index", "other classes: min norm / median", "other classes: max index",
-                            "p (min norm)", "MAD > 3 alone", "norm < 0.8 median alone", "scan s"], rows)
+                            "p (min norm)", "MAD > 3 alone", "norm < 0.85 median alone", "scan s"], rows)
     reported = [r for r in results if r["group"] == "reported"]
     found = sum(r["flagged"][:1] == [r["true_target"]] for r in reported if r["true_target"] is not None)
     fp = sum(bool(r["flagged"]) for r in reported if r["true_target"] is None)
