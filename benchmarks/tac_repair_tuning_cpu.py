@@ -33,10 +33,8 @@ VARIANTS = {
     "b32 lr.01 ep10 frozen": {"batch_size": 32, "lr": 0.01, "epochs": 10},
     "b32 lr.003 ep10 frozen": {"batch_size": 32, "lr": 0.003, "epochs": 10},
     "b128 lr.01 ep20 frozen": {"batch_size": 128, "lr": 0.01, "epochs": 20},
-    "b256 lr.01 ep20 frozen": {"batch_size": 256, "lr": 0.01, "epochs": 20},
     "b128 lr.01 ep20 whole": {"batch_size": 128, "lr": 0.01, "epochs": 20, "freeze_head": False},
     "b128 lr.01 ep20 frozen recompute": {"batch_size": 128, "lr": 0.01, "epochs": 20, "recompute": True},
-    "b128 lr.01 ep20 frozen beta 3": {"batch_size": 128, "lr": 0.01, "epochs": 20, "beta": 3.0},
     "b128 lr.01 ep20 frozen beta 0 (plain FT)": {"batch_size": 128, "lr": 0.01, "epochs": 20, "beta": 0.0},
 }
 ATTACKS = ("badnets", "blended", "wanet", "none")
