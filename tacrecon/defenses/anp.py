@@ -1,6 +1,6 @@
 """ANP: Adversarial Neuron Pruning.
 
-Wu & Wang 2021, "Adversarial Neuron Perturbation Exposes Backdoors in Pre-trained Models"
+Wu & Wang 2021, "Adversarial Neuron Pruning Purifies Backdoored Deep Models"
 (NeurIPS 2021), https://arxiv.org/abs/2110.14430.
 
 Backdoor neurons are the ones whose small perturbation changes the output most. ANP multiplies
@@ -147,8 +147,8 @@ class ANP(Defense):
     pruned when mask < threshold (BackdoorBench: <=), so threshold 0 is the unpruned model.
     """
 
-    paper: ClassVar[str] = ("Wu & Wang 2021, Adversarial Neuron Perturbation Exposes Backdoors in Pre-trained "
-                            "Models, https://arxiv.org/abs/2110.14430")
+    paper: ClassVar[str] = ("Wu & Wang 2021, Adversarial Neuron Pruning Purifies Backdoored Deep Models, NeurIPS, "
+                            "https://arxiv.org/abs/2110.14430")
     budgets: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {"iterations": 300, "batch_size": 128, "mask_lr": 0.2},
         "smoke": {"iterations": 4, "batch_size": 32, "pruning_step": 0.3},
