@@ -29,7 +29,15 @@ from tacrecon.io import atomic_write_json, read_json
 from tacrecon.metrics import accuracy, attack_rates
 from tacrecon.scan import clean_subset
 
-VARIANTS = {
+PRUNE_VARIANTS = {
+    "prune, no fine-tune": {"method": "prune", "epochs": 0},
+    "prune, b128 lr.01 ep10": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10, "beta": 0.0,
+                               "freeze_head": False},
+    "prune, b128 lr.01 ep10 frozen": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10, "beta": 0.0},
+    "prune, b128 lr.01 ep10 whole beta 1": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10,
+                                            "freeze_head": False},
+}
+LOSS_VARIANTS = {
     "b32 lr.01 ep10 frozen": {"batch_size": 32, "lr": 0.01, "epochs": 10},
     "b32 lr.003 ep10 frozen": {"batch_size": 32, "lr": 0.003, "epochs": 10},
     "b128 lr.01 ep20 frozen": {"batch_size": 128, "lr": 0.01, "epochs": 20},
@@ -37,6 +45,8 @@ VARIANTS = {
     "b128 lr.01 ep20 frozen recompute": {"batch_size": 128, "lr": 0.01, "epochs": 20, "recompute": True},
     "b128 lr.01 ep20 frozen beta 0 (plain FT)": {"batch_size": 128, "lr": 0.01, "epochs": 20, "beta": 0.0},
 }
+LOSS_VARIANTS = {name: {"method": "finetune", **v} for name, v in LOSS_VARIANTS.items()}
+VARIANTS = {**PRUNE_VARIANTS, **LOSS_VARIANTS}
 ATTACKS = ("badnets", "blended", "wanet", "none")
 
 
@@ -96,7 +106,7 @@ def main() -> None:
                     print(f"skip {folder}: no artifact yet", flush=True)
                     continue
                 cache = folder / "repair_tuning" / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.json"
-                if cache.is_file() and read_json(cache).get("variant") == variant:
+                if cache.is_file():  # the name says the setting
                     record = read_json(cache)
                 else:
                     record = {"variant": variant, **run_one(load_artifact(folder), data, variant, seed)}

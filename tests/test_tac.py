@@ -6,7 +6,7 @@ import torch
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.data import load_dataset
 from tacrecon.defenses import create_defense
-from tacrecon.defenses.tac import TAC, detect, latents_of, reconstruct, unlearn
+from tacrecon.defenses.tac import TAC, detect, latents_of, prune_plan, reconstruct, unlearn
 from tacrecon.errors import TacreconError
 from tacrecon.metrics import accuracy, attack_rates
 from tacrecon.models import create_model
@@ -85,6 +85,32 @@ def test_planted_badnets_found_and_removed(planted, digits):
     after = attack_rates(tac.model_, digits.test, art.attack, art.attack.label_map())[0]
     assert before > 0.9 and after < 0.2
     assert accuracy(tac.model_, digits.test) > acc_before - 0.05
+
+
+def test_prune_plan_removes_the_unit_that_carries_the_shortcut():
+    # unit 5 is silent on clean data but votes strongly for class 0: the cheapest way to class 0
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(200, 20, generator=g, dtype=torch.float64)
+    z[:, 5] = 0
+    w = torch.randn(5, 20, generator=g, dtype=torch.float64)
+    w[0, 5] = 20.0
+    units, history = prune_plan(z, w, torch.zeros(5, dtype=torch.float64), [0], stop=1.0)
+    assert units == [5] and history[0][0] < 0.5 and history[-1][0] >= 1.0
+    assert len(history) == len(units) + 1
+    none, first = prune_plan(z, w, None, [0], stop=1e-6)  # already typical enough: nothing pruned
+    assert none == [] and len(first) == 1
+    capped, _ = prune_plan(z, w, None, [0], stop=100.0, step=2, max_units=3)
+    assert len(capped) == 3  # max_units holds even when a step would pass it
+
+
+def test_prune_repair_masks_the_pruned_units(planted, digits):
+    art, clean = planted["badnets"]
+    tac = TAC(method="prune", epochs=1).fit(art.model, clean, torch.Generator().manual_seed(0))
+    head = tac.model_.get_classifier()
+    assert tac.stats_["pruned"] == len(tac.pruned_) > 0
+    assert bool((head.weight[:, tac.pruned_] == 0).all())  # still 0 after the fine-tune
+    assert not any("weight_orig" in k for k in tac.model_.state_dict())  # a plain checkpoint
+    assert tac.stats_["relative_norms"][-1][0] >= tac.prune_stop
 
 
 def test_clean_model_not_flagged_and_left_unchanged(planted):

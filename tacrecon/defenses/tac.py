@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import prune
 
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES, Defense
@@ -133,6 +134,39 @@ def unlearn(model: Classifier, clean: Split, targets: int | list[int], shifts: T
                params=params, epoch_hook=refresh, desc="tac unlearn")
 
 
+def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: list[int], stop: float = 1.0,
+               step: int = 1, max_units: int | None = None, quantile: float | None = None) -> tuple[list[int], list[list[float]]]:
+    """Phase 2a (pruning): the latent units that carry the reconstructed TACs, removed greedily.
+
+    Repeats: solve the QP with the current head (``weight`` (C, d) with the pruned columns
+    zeroed), take the flagged class t whose norm is smallest relative to the median norm, and
+    prune the ``step`` unpruned units with the largest |s_t| components; until every target's
+    norm is at least ``stop`` times the median (the class is then as hard to reach as a typical
+    one), or ``max_units`` are pruned. Uses the clean ``latents`` (N, d) only.
+
+    Returns:
+        the pruned units in order, and the targets' relative norms before each step.
+    """
+    w = weight.detach().double().clone()
+    b = bias.detach().double() if bias is not None else None
+    z = latents.detach().double()
+    limit = w.shape[1] // 2 if max_units is None else max_units
+    pruned: list[int] = []
+    history: list[list[float]] = []
+    while True:
+        qp = solve_latent_qp(z, w, b, quantile=quantile)
+        rel = relative_scores(qp.norms)[targets]
+        history.append(rel.tolist())
+        if bool((rel >= stop).all()) or len(pruned) >= limit:
+            return pruned, history
+        t = targets[int(torch.argmin(rel))]
+        size = qp.shifts[t].abs().nan_to_num(0)
+        size[pruned] = -1
+        top = [int(u) for u in torch.argsort(size, descending=True)[:min(step, limit - len(pruned))]]
+        pruned += top
+        w[:, top] = 0
+
+
 @DEFENSES.register("tac")
 @dataclass
 class TAC(Defense):
@@ -181,6 +215,10 @@ class TAC(Defense):
     max_relative: float = 0.85
     force_target: int = -1
     repair: bool = True
+    method: str = "prune"
+    prune_stop: float = 1.0
+    prune_step: int = 0
+    prune_max: float = 0.5
     epochs: int = 10
     lr: float = 0.01
     batch_size: int = 32
@@ -198,6 +236,11 @@ class TAC(Defense):
             raise TacreconError(f"rule must be mad, pvalue or both, got {self.rule!r}")
         if not 0 < self.max_relative <= 1:
             raise TacreconError(f"max_relative must be in (0, 1], got {self.max_relative}")
+        if self.method not in ("prune", "finetune"):
+            raise TacreconError(f"method must be prune or finetune, got {self.method!r}")
+        if self.prune_stop <= 0 or self.prune_step < 0 or not 0 < self.prune_max <= 1:
+            raise TacreconError(f"need prune_stop > 0, prune_step >= 0 and prune_max in (0, 1], got "
+                                f"{self.prune_stop}, {self.prune_step}, {self.prune_max}")
         if self.beta < 0 or self.epochs < 0:
             raise TacreconError("beta and epochs must be >= 0")
 
@@ -217,7 +260,7 @@ class TAC(Defense):
         ratios = universality_ratios(classifier, z, clean.y, qp, self.bias)
         found = detect(qp.norms if self.score == "norm" else ratios, self.threshold, self.alpha, self.rule,
                        self.max_relative)
-        return qp, {**found, "ratios": ratios}
+        return qp, {**found, "ratios": ratios, "latents": z}
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
         start = time.perf_counter()
@@ -238,6 +281,31 @@ class TAC(Defense):
         pad = self.crop_padding if self.crop_padding >= 0 else clean.x.shape[-1] // 8
         cfg = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, label_smoothing=0.0,
                           schedule="cosine", crop_padding=pad, flip=False, progress=True, weight_decay=5e-4)
-        unlearn(classifier, clean, targets, qp.shifts[targets].float(), cfg, self.beta, self.recompute,
-                self.freeze_head, generator, self.bias, self.quantile_or_none)
+        shifts = qp.shifts[targets].float()
+        if self.method == "prune":
+            self.prune_and_finetune(classifier, clean, targets, found["latents"], shifts, cfg, generator)
+        else:
+            unlearn(classifier, clean, targets, shifts, cfg, self.beta, self.recompute, self.freeze_head, generator,
+                    self.bias, self.quantile_or_none)
         self.stats_["repair_seconds"] = time.perf_counter() - start
+
+    def prune_and_finetune(self, model: Classifier, clean: Split, targets: list[int], latents: Tensor,
+                           shifts: Tensor, cfg: TrainConfig, generator: torch.Generator) -> None:
+        """Prune the latent units of the TACs (:func:`prune_plan`), then :func:`unlearn` with them held at 0."""
+        head = model.get_classifier()
+        d = head.weight.shape[1]
+        step = self.prune_step or -(-d // 128)
+        bias = head.bias if self.bias else None
+        units, history = prune_plan(latents, head.weight, bias, targets, self.prune_stop, step,
+                                    int(self.prune_max * d), self.quantile_or_none)
+        self.pruned_ = units
+        self.stats_.update(pruned=len(units), latent_dim=d, relative_norms=history)
+        mask = torch.ones_like(head.weight)
+        mask[:, units] = 0
+        prune.custom_from_mask(head, "weight", mask)
+        try:
+            if self.epochs > 0:
+                unlearn(model, clean, targets, shifts, cfg, self.beta, self.recompute, self.freeze_head, generator,
+                        self.bias, self.quantile_or_none)
+        finally:
+            prune.remove(head, "weight")
