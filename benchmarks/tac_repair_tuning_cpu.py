@@ -34,6 +34,9 @@ PRUNE_VARIANTS = {
     "prune, b128 lr.01 ep10": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10, "beta": 0.0,
                                "freeze_head": False},
     "prune, b128 lr.01 ep10 frozen": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10, "beta": 0.0},
+    "prune to 1.1, b128 lr.01 ep10 frozen": {"method": "prune", "prune_stop": 1.1, "batch_size": 128, "lr": 0.01,
+                                              "epochs": 10, "beta": 0.0},
+    "prune, b128 lr.003 ep10 frozen": {"method": "prune", "batch_size": 128, "lr": 0.003, "epochs": 10, "beta": 0.0},
     "prune, b128 lr.01 ep10 whole beta 1": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10,
                                             "freeze_head": False},
 }
