@@ -30,7 +30,7 @@ from tacrecon.metrics import accuracy, attack_rates
 from tacrecon.scan import clean_subset
 
 PRUNE_VARIANTS = {
-    "prune, no fine-tune": {"method": "prune", "epochs": 0},
+    "prune, no fine-tune": {"method": "prune", "epochs": 0},  # prune_stop 1.0 unless said
     "prune, b128 lr.01 ep10": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10, "beta": 0.0,
                                "freeze_head": False},
     "prune, b128 lr.01 ep10 frozen": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10, "beta": 0.0},
@@ -38,7 +38,7 @@ PRUNE_VARIANTS = {
                                               "epochs": 10, "beta": 0.0},
     "prune, b128 lr.003 ep10 frozen": {"method": "prune", "batch_size": 128, "lr": 0.003, "epochs": 10, "beta": 0.0},
     "prune, b128 lr.01 ep10 whole beta 1": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10,
-                                            "freeze_head": False},
+                                            "freeze_head": False, "beta": 1.0},
 }
 LOSS_VARIANTS = {
     "b32 lr.01 ep10 frozen": {"batch_size": 32, "lr": 0.01, "epochs": 10},
@@ -48,7 +48,8 @@ LOSS_VARIANTS = {
     "b128 lr.01 ep20 frozen recompute": {"batch_size": 128, "lr": 0.01, "epochs": 20, "recompute": True},
     "b128 lr.01 ep20 frozen beta 0 (plain FT)": {"batch_size": 128, "lr": 0.01, "epochs": 20, "beta": 0.0},
 }
-LOSS_VARIANTS = {name: {"method": "finetune", **v} for name, v in LOSS_VARIANTS.items()}
+LOSS_VARIANTS = {name: {"method": "finetune", "beta": 1.0, **v} for name, v in LOSS_VARIANTS.items()}
+PRUNE_VARIANTS = {name: {"prune_stop": 1.0, **v} for name, v in PRUNE_VARIANTS.items()}
 VARIANTS = {**PRUNE_VARIANTS, **LOSS_VARIANTS}
 ATTACKS = ("badnets", "blended", "wanet", "none")
 
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=Path("runs/tac_tuning/artifacts"))
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    parser.add_argument("--cached", action="store_true", help="tabulate the cached results only, run nothing")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("cifar10", root=args.data_root)
@@ -111,6 +113,8 @@ def main() -> None:
                 cache = folder / "repair_tuning" / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.json"
                 if cache.is_file():  # the name says the setting
                     record = read_json(cache)
+                elif args.cached:
+                    continue
                 else:
                     record = {"variant": variant, **run_one(load_artifact(folder), data, variant, seed)}
                     atomic_write_json(cache, record)
@@ -120,12 +124,13 @@ def main() -> None:
     for name, per_model in results.items():
         for model, r in per_model.items():
             v = r["val"]
-            rows.append([name, model, f"{v['acc_before']:.1%} -> {v['acc_after']:.1%}",
+            settings = ", ".join(f"{k} {x}" for k, x in VARIANTS[name].items())
+            rows.append([name, settings, model, f"{v['acc_before']:.1%} -> {v['acc_after']:.1%}",
                          f"{pct(v.get('asr_before'))} -> {pct(v.get('asr_after'))}",
                          f"{r['rel_norm_before']:.2f} -> {r['rel_norm_after']:.2f}",
                          f"{r['before']['acc']:.2%} -> {r['after']['acc']:.2%}",
                          f"{pct(r['before']['asr'])} -> {pct(r['after']['asr'])}", f"{r['seconds']:.0f}"])
-    table = markdown_table(["variant (beta 1 unless said)", "model", "val ACC", "val ASR", "||s_t|| / median",
+    table = markdown_table(["variant", "settings (other TAC fields: defaults; beta 1 unless said)", "model", "val ACC", "val ASR", "||s_t|| / median",
                             "test ACC (not used to choose)", "test ASR (not used to choose)", "seconds"], rows)
     print(table)
     write_result("tac_repair_tuning_cpu", {"seeds": args.seeds, "variants": VARIANTS, "results": results}, table)
