@@ -42,7 +42,7 @@ def train_clean(dataset: str, arch: str, out: str | Path | None, *, root: str | 
     return record
 
 
-DIGITS_REPAIR = {"method": "finetune", "beta": 1.0, "batch_size": 32}
+DIGITS_REPAIR = {"method": "finetune", "beta": 1.0, "batch_size": 32, "epochs": 20}
 
 
 def demo(device: torch.device | str = "cpu", seed: int = 0, epochs: int | None = None,
