@@ -74,3 +74,10 @@ def test_train_and_attack_write_artifacts(capsys, tmp_path):
     assert code == 2 and "another configuration" in err
     code, _, err = run(capsys, "defend", "ft", str(tmp_path / "bd"), "--out", str(tmp_path / "x"), "--budget", "huge")
     assert code == 2 and "no budget 'huge'" in err
+
+
+def test_demo_attacks_scans_and_repairs_digits(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "demo"))
+    assert code == 0 and "class 0 flagged" in out
+    after = float(out.split("ASR ")[-1].split("-> ")[1].split("%")[0])
+    assert after < 20.0  # the planted backdoor is gone
