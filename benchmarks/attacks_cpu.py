@@ -25,16 +25,25 @@ def main() -> None:
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--attacks", nargs="+", default=ORDER)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="ATTACK.KEY=VALUE",
+                        help="a deviation from the protocol, e.g. sig.rate=0.05 (named in folders and results)")
     args = parser.parse_args()
+    params: dict[str, dict] = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        attack, field = key.split(".", 1)
+        params.setdefault(attack, {})[field] = float(value) if value.replace(".", "", 1).isdigit() else value
     records = {}
     for name in args.attacks:
-        out = args.runs / args.dataset / "resnet_small" / name / f"seed{args.seed}"
-        records[name] = run_attack(name, args.dataset, "resnet_small", out, root=args.data_root, seed=args.seed)
+        tag = "".join(f"-{k}{v}" for k, v in params.get(name, {}).items())
+        out = args.runs / args.dataset / "resnet_small" / f"{name}{tag}" / f"seed{args.seed}"
+        records[name + tag] = run_attack(name, args.dataset, "resnet_small", out, root=args.data_root, seed=args.seed,
+                                         attack_kwargs=params.get(name))
         print(name, {k: records[name][k] for k in ("acc", "asr", "ra", "seconds")}, flush=True)
     clean = records.get("none", {}).get("acc")
     rows = []
     for name, r in records.items():
-        bar = 0.8 if name == "sig" else 0.9
+        bar = 0.8 if name.startswith("sig") else 0.9
         ok = "" if name == "none" or clean is None else (
             "yes" if r["asr"] >= bar and clean - r["acc"] <= 0.02 else "no")
         rows.append([name, pct(r["acc"]), pct(r["asr"]), pct(r["ra"]), f"{r['seconds'] / 60:.1f}", ok])
@@ -43,8 +52,9 @@ def main() -> None:
         "cores with other jobs (TrojanNN's also includes a 37-minute pause), so they are not "
         "timings; the quiet-machine training cost is in train_throughput_cpu.md (0.56 min per epoch).\n")
     summary = {n: {k: r[k] for k in ("acc", "asr", "ra", "seconds", "poisoned", "attack_config")} for n, r in records.items()}
-    print(write_result(f"attacks_cpu_{args.dataset}_seed{args.seed}", {"dataset": args.dataset, "seed": args.seed,
-                                                                     "attacks": summary}, table))
+    suffix = "_" + "_".join(args.set).replace("=", "") if args.set else ""
+    print(write_result(f"attacks_cpu_{args.dataset}_seed{args.seed}{suffix}",
+                       {"dataset": args.dataset, "seed": args.seed, "set": args.set, "attacks": summary}, table))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """TAC's detection on the CPU protocol: scan every attack artifact and the clean models; the norms table.
 
 Usage: python benchmarks/tac_detection_cpu.py [--artifacts docs/results/cpu/artifacts] [--seeds 0]
-           [--clean-seeds 0 1 2 3 4] [--tuning runs/tac_tuning/artifacts] [--data-root DIR] [--train]
+           [--clean-seeds 0 1 2 3 4] [--tuning docs/results/tuning/artifacts] [--data-root DIR] [--train]
 
 Scans (TAC with its defaults, scan only, the 5% clean set of the grid's cells) every artifact
 found under ``<artifacts>/cifar10/resnet_small/<attack>/seed<s>``; ``--train`` first trains the
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=Path("docs/results/cpu/artifacts"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--clean-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--tuning", type=Path, default=Path("runs/tac_tuning/artifacts"))
+    parser.add_argument("--tuning", type=Path, default=Path("docs/results/tuning/artifacts"))
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--train", action="store_true", help="train the missing clean models first")
     args = parser.parse_args()

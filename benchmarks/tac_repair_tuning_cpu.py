@@ -1,6 +1,6 @@
 """Choose TAC's repair recipe on the CPU protocol, on TUNING models (seed 100+), never reported ones.
 
-Usage: python benchmarks/tac_repair_tuning_cpu.py [--seeds 100] [--artifacts runs/tac_tuning/artifacts]
+Usage: python benchmarks/tac_repair_tuning_cpu.py [--seeds 100] [--artifacts docs/results/tuning/artifacts]
                                                   [--data-root DIR] [--only VARIANT ...]
 
 Needs the artifacts of configs/tac_tuning_cpu.yaml (cifar10, resnet_small, none / badnets / blended /
@@ -93,7 +93,7 @@ def run_one(art, data, variant: dict, seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[100])
-    parser.add_argument("--artifacts", type=Path, default=Path("runs/tac_tuning/artifacts"))
+    parser.add_argument("--artifacts", type=Path, default=Path("docs/results/tuning/artifacts"))
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     parser.add_argument("--cached", action="store_true", help="tabulate the cached results only, run nothing")
