@@ -102,8 +102,7 @@ def main() -> None:
     data = load_dataset("cifar10", root=args.data_root)
     results: dict[str, dict[str, dict]] = {}
     for name, variant in VARIANTS.items():
-        if args.only and name not in args.only:
-            continue
+        tabulate_only = args.cached or (args.only is not None and name not in args.only)
         for seed in args.seeds:
             for attack in ATTACKS:
                 folder = args.artifacts / "cifar10" / "resnet_small" / attack / f"seed{seed}"
@@ -113,7 +112,7 @@ def main() -> None:
                 cache = folder / "repair_tuning" / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.json"
                 if cache.is_file():  # the name says the setting
                     record = read_json(cache)
-                elif args.cached:
+                elif tabulate_only:  # the table always holds every cached result
                     continue
                 else:
                     record = {"variant": variant, **run_one(load_artifact(folder), data, variant, seed)}
