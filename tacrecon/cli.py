@@ -84,7 +84,7 @@ def build_parser() -> Parser:
     add_common(p)
 
     for command, text in (("scan", "scan a model for a backdoor with TAC (clean data only)"),
-                          ("repair", "scan a model, then remove the backdoor by fine-tuning with TAC")):
+                          ("repair", "scan a model, then remove the backdoor: prune the latent units of its TAC and fine-tune")):
         p = sub.add_parser(command, help=text)
         p.add_argument("model", help="checkpoint or artifact folder, file.py:Name (with --weights), or attack_result.pt")
         p.add_argument("--dataset", required=True, help="the dataset the model classifies")
