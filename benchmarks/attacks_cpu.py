@@ -39,7 +39,7 @@ def main() -> None:
         out = args.runs / args.dataset / "resnet_small" / f"{name}{tag}" / f"seed{args.seed}"
         records[name + tag] = run_attack(name, args.dataset, "resnet_small", out, root=args.data_root, seed=args.seed,
                                          attack_kwargs=params.get(name))
-        print(name, {k: records[name][k] for k in ("acc", "asr", "ra", "seconds")}, flush=True)
+        print(name + tag, {k: records[name + tag][k] for k in ("acc", "asr", "ra", "seconds")}, flush=True)
     clean = records.get("none", {}).get("acc")
     rows = []
     for name, r in records.items():
