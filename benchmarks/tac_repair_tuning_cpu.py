@@ -56,8 +56,7 @@ ATTACKS = ("badnets", "blended", "wanet", "none")
 
 def relative_target_norm(model: torch.nn.Module, clean, target: int) -> float:
     """||s_t|| / median_k ||s_k|| of ``model`` on ``clean``: near 1 once the shortcut to t is gone."""
-    norms = TAC(repair=False).fit(model, clean).scores_["norms"]
-    return norms[target] / float(torch.tensor(norms).median())
+    return TAC(repair=False).fit(model, clean).scores_["relative"][target]
 
 
 def held_out(train, used: int, count: int, seed: int, exclude: torch.Tensor):
@@ -86,7 +85,7 @@ def run_one(art, data, variant: dict, seed: int) -> dict:
             val[f"asr_{when}"] = attack_rates(model, held, art.attack, art.attack.label_map())[0]
     return {"target": target, "before": {k: art.record[k] for k in ("acc", "asr")}, "after": after, "seconds": seconds,
             "val": val,
-            "rel_norm_before": relative_target_norm(art.model, clean, target),
+            "rel_norm_before": scan.scores_["relative"][target],
             "rel_norm_after": relative_target_norm(tac.model_, clean, target)}
 
 

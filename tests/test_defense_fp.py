@@ -7,7 +7,8 @@ from torch import nn
 
 from tacrecon.data import load_dataset
 from tacrecon.defenses import create_defense, holdout
-from tacrecon.defenses.fp import choose_pruning, column_mask, masked_accuracy, pruning_order
+from tacrecon.defenses.base import column_mask
+from tacrecon.defenses.fp import choose_pruning, masked_accuracy, pruning_order
 from tacrecon.defenses.tac import latents_of
 from tacrecon.errors import TacreconError
 from tacrecon.models import create_model

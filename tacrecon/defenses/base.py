@@ -15,13 +15,15 @@ the override used by the CPU protocol and ``budgets["smoke"]`` the smallest run 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.utils import prune
 
 from tacrecon.config import Config
 from tacrecon.data.split import Split
@@ -84,3 +86,21 @@ def holdout(clean: Split, fraction: float, generator: torch.Generator) -> tuple[
         raise TacreconError(f"cannot hold out {n_val} of {len(clean)} clean samples for validation")
     order = torch.randperm(len(clean), generator=generator)
     return clean.subset(order[n_val:].sort().values), clean.subset(order[:n_val].sort().values)
+
+
+def column_mask(head: nn.Linear, pruned: Tensor | Sequence[int]) -> Tensor:
+    """The (C, d) 0/1 mask of ``head.weight`` that zeroes the columns ``pruned`` (k,)."""
+    mask = torch.ones_like(head.weight)
+    mask[:, pruned] = 0
+    return mask
+
+
+@contextlib.contextmanager
+def columns_held_at_zero(head: nn.Linear, pruned: Tensor | Sequence[int]) -> Iterator[None]:
+    """Zero the columns ``pruned`` of ``head.weight`` and keep them 0 while the body trains (a
+    ``torch.nn.utils.prune`` mask); on exit the mask is made permanent, leaving a plain Linear."""
+    prune.custom_from_mask(head, "weight", column_mask(head, pruned))
+    try:
+        yield
+    finally:
+        prune.remove(head, "weight")

@@ -13,10 +13,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import prune
 
 from tacrecon.data.split import Split
-from tacrecon.defenses.base import DEFENSES, holdout
+from tacrecon.defenses.base import DEFENSES, columns_held_at_zero, holdout
 from tacrecon.defenses.tac import latents_of
 from tacrecon.defenses.tuning import FinetuneDefense
 from tacrecon.errors import TacreconError
@@ -58,13 +57,6 @@ def choose_pruning(latents: Tensor, labels: Tensor, head: nn.Linear, order: Tens
             break
         chosen = k
     return chosen, curve
-
-
-def column_mask(head: nn.Linear, pruned: Tensor) -> Tensor:
-    """The (C, d) 0/1 mask of ``head.weight`` that zeroes the columns ``pruned`` (k,)."""
-    mask = torch.ones_like(head.weight)
-    mask[:, pruned] = 0
-    return mask
 
 
 @DEFENSES.register("fp")
@@ -137,9 +129,6 @@ class FP(FinetuneDefense):
         self.stats_.update(stats, prune_seconds=time.perf_counter() - start)
         start = time.perf_counter()
         head = classifier.get_classifier()
-        prune.custom_from_mask(head, "weight", column_mask(head, self.pruned_))
-        try:
+        with columns_held_at_zero(head, self.pruned_):
             self.stats_["losses"] = self.finetune(model, clean, generator)
-        finally:
-            prune.remove(head, "weight")
         self.stats_["finetune_seconds"] = time.perf_counter() - start

@@ -15,10 +15,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import prune
 
 from tacrecon.data.split import Split
-from tacrecon.defenses.base import DEFENSES, Defense
+from tacrecon.defenses.base import DEFENSES, Defense, columns_held_at_zero
 from tacrecon.errors import TacreconError
 from tacrecon.models import Classifier, as_classifier
 from tacrecon.qp import QPResult, sample_distances, solve_latent_qp
@@ -316,12 +315,7 @@ class TAC(Defense):
                                     int(self.prune_max * d), self.quantile_or_none)
         self.pruned_ = units
         self.stats_.update(pruned=len(units), latent_dim=d, relative_norms=history)
-        mask = torch.ones_like(head.weight)
-        mask[:, units] = 0
-        prune.custom_from_mask(head, "weight", mask)
-        try:
+        with columns_held_at_zero(head, units):
             if self.epochs > 0:
                 unlearn(model, clean, targets, shifts, cfg, self.beta, self.recompute, self.freeze_head, generator,
                         self.bias, self.quantile_or_none)
-        finally:
-            prune.remove(head, "weight")
