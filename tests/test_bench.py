@@ -130,6 +130,21 @@ def test_conflicting_inputs_are_an_error(tmp_path):
         plan(other, out)
 
 
+def test_a_cell_made_with_another_default_is_run_again(tmp_path):
+    config = BenchConfig.from_dict(TINY)
+    out = tmp_path / "out"
+    run_grid(config, out, only={"defense": ["ft"]}, progress=False)
+    path = expand(config)[1].result_path(out)
+    record = json.loads(path.read_text())
+    assert runner.cell_state(expand(config)[1], out) == "done"
+    record["defense_config"]["lr"] = 123.0  # as if the default had changed since the cell ran
+    path.write_text(json.dumps(record))
+    assert runner.cell_state(expand(config)[1], out) == "stale"
+    summary = run_grid(config, out, only={"defense": ["ft"]}, progress=False)
+    assert summary["stale"] == 1 and summary["done"] == 1
+    assert json.loads(path.read_text())["defense_config"]["lr"] != 123.0
+
+
 def test_an_artifact_is_trained_once(tmp_path, monkeypatch):
     import tacrecon.artifact as artifact
 

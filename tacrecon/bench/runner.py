@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from tacrecon.bench.cells import Cell, expand, select
 from tacrecon.bench.config import BenchConfig
+from tacrecon.defenses import create_defense
 from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_json, provenance, read_json
 
@@ -101,16 +102,28 @@ def record_failure(cell: Cell, out: str, error: str, trace: str | None) -> dict[
     return {"ok": False, "label": cell.label, "error": error}
 
 
-def finished(cell: Cell, out: Path) -> bool:
-    """True when the cell's result exists; a result made by other inputs is an error."""
+def cell_state(cell: Cell, out: Path) -> str:
+    """``missing``, ``done``, or ``stale``: finished under another resolved defense config.
+
+    A cell's path and request hold only the overrides, so a changed default (a new threshold, a
+    budget that grew) leaves the request equal; the stored ``defense_config`` is compared with
+    the one this code resolves now, and a stale cell is run again. A result made by other
+    inputs is an error.
+    """
     path = cell.result_path(out)
     if not path.is_file():
-        return False
-    stored = read_json(path).get("request")
-    if stored != cell.key:
-        raise TacreconError(f"{path} was made by other inputs ({stored}); this config asks {cell.key}: "
-                            f"use another --out")
-    return True
+        return "missing"
+    stored = read_json(path)
+    if stored.get("request") != cell.key:
+        raise TacreconError(f"{path} was made by other inputs ({stored.get('request')}); this config asks "
+                            f"{cell.key}: use another --out")
+    resolved = create_defense(cell.defense, cell.budget, **cell.defense_params).to_dict()
+    return "done" if stored.get("defense_config") == resolved else "stale"
+
+
+def finished(cell: Cell, out: Path) -> bool:
+    """True when the cell's result exists and was made with the defense config resolved now."""
+    return cell_state(cell, out) == "done"
 
 
 def parse_only(items: list[str]) -> dict[str, list[str]]:
@@ -196,7 +209,7 @@ def make_backend(backend: str, workers: int, threads: int | None, device: str, a
 
 
 def plan(config: BenchConfig, out: Path, only: dict[str, list[str]] | None = None) -> tuple[list[Cell], list[Cell]]:
-    """(all selected cells, those not finished yet)."""
+    """(all selected cells, those to run: missing or stale)."""
     cells = select(expand(config), only or {})
     if not cells:
         raise TacreconError("no cell of the config matches --only")
@@ -221,12 +234,15 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
     out = Path(out)
     artifacts = Path(artifacts) if artifacts is not None else out / "artifacts"
     cells, todo = plan(config, out, only)
+    stale = [c for c in todo if cell_state(c, out) == "stale"]
+    for cell in stale:
+        log.warning("cell %s was made with another %s config: running it again", cell.label, cell.defense)
     groups: dict[Path, list[Cell]] = {}
     for cell in todo:
         groups.setdefault(cell.artifact_path(artifacts), []).append(cell)
     missing = [p for p in groups if not (p / "attack.json").is_file()]
     summary = {"cells": len(cells), "finished_before": len(cells) - len(todo), "to_run": len(todo),
-               "artifacts_to_train": len(missing), "done": 0, "failed": 0}
+               "artifacts_to_train": len(missing), "stale": len(stale), "done": 0, "failed": 0}
     if dry_run or not todo:
         return summary
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
