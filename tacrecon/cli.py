@@ -188,7 +188,8 @@ def verdict(scan: dict[str, Any]) -> str:
     stats = f"anomaly index {scan['anomaly_index'][k]:.2f}, norm {scan['relative'][k]:.0%} of the median, {p}"
     if scan["target"] is None:
         return f"no backdoor found (smallest norm: class {k}, {stats})"
-    return f"BACKDOORED: poisoned class {k} ({scan['target_name']}), {stats}"
+    why = ", unusually hard to reach: clean-label poisoning" if k in scan.get("unreachable", []) else ""
+    return f"BACKDOORED: poisoned class {k} ({scan['target_name']}), {stats}{why}"
 
 
 def cmd_scan(args: argparse.Namespace) -> int:

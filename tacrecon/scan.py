@@ -44,7 +44,7 @@ def scan_record(tac: TAC, data: Dataset, seconds: float) -> dict[str, Any]:
             "score": tac.score, "norms": tac.scores_["norms"], "ratios": tac.scores_["ratios"],
             "anomaly_index": tac.scores_["anomaly_index"], "relative": tac.scores_["relative"],
             "p_value": tac.scores_["p_value"], "rule": tac.rule, "threshold": tac.threshold, "alpha": tac.alpha,
-            "max_relative": tac.max_relative,
+            "max_relative": tac.max_relative, "high_relative": tac.high_relative, "unreachable": tac.unreachable_,
             "kkt_residual": tac.scores_["kkt_residual"], "seconds": seconds, "scan_seconds": tac.stats_["scan_seconds"]}
 
 

@@ -72,6 +72,21 @@ def test_detect_relative_gate_ignores_a_tiny_gap_between_tight_norms():
     assert detect(backdoor, max_relative=0.8)["flagged"] == [0]
 
 
+def test_detect_high_side_flags_an_unreachable_class_only_when_asked():
+    # SIG at a 10% rate: the target class is reached only at ~1.5x the typical cost
+    norms = torch.tensor([15.0, 10.0, 10.5, 9.8, 10.2, 9.9, 10.1, 10.4, 9.7, 10.3])
+    assert detect(norms)["flagged"] == []  # one-sided by default
+    found = detect(norms, max_relative=0.85, high_relative=1.25)
+    assert found["flagged"] == [0] and found["unreachable"] == [0] and found["anomaly_index"][0] < -3
+    mild = norms.clone()
+    mild[0] = 11.5  # an index far below -3, but only 13% above the median: a hard class, no backdoor
+    assert detect(mild, high_relative=1.25)["flagged"] == []
+    both = norms.clone()
+    both[4] = 3.0
+    assert detect(both, max_relative=0.85, high_relative=1.25)["flagged"] == [4, 0]  # the small side first
+    assert detect(norms, rule="pvalue", high_relative=1.25)["flagged"] == []  # the test of the minimum only
+
+
 def test_planted_badnets_found_and_removed(planted, digits):
     art, clean = planted["badnets"]
     before = attack_rates(art.model, digits.test, art.attack, art.attack.label_map())[0]

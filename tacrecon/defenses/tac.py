@@ -64,14 +64,19 @@ def universality_ratios(model: Classifier, latents: Tensor, labels: Tensor, qp: 
 
 
 def detect(norms: Tensor, threshold: float = 3.0, alpha: float = 0.05, rule: str = "mad",
-           max_relative: float = 1.0) -> dict[str, Any]:
-    """Phase 1b: flag classes whose norm (C,) is unusually small.
+           max_relative: float = 1.0, high_relative: float = 0.0) -> dict[str, Any]:
+    """Phase 1b: flag classes whose norm (C,) is unusually small (or, optionally, large).
 
     Returns a dict with ``anomaly_index`` (C,), ``relative`` (C,: norm over the median norm),
-    ``p_value`` (of the smallest norm), and ``flagged`` (classes, most anomalous first) under
-    ``rule``: ``mad`` (anomaly index > ``threshold``), ``pvalue`` (the minimum, if p <
-    ``alpha``) or ``both`` (either); in every rule a class is flagged only if its norm is also
-    below ``max_relative`` times the median norm (1: no such gate).
+    ``p_value`` (of the smallest norm), ``flagged`` (classes, most anomalous first) and
+    ``unreachable`` (the flagged classes of the high side) under ``rule``: ``mad`` (anomaly
+    index > ``threshold``), ``pvalue`` (the minimum, if p < ``alpha``) or ``both`` (either); in
+    every rule a class is flagged only if its norm is also below ``max_relative`` times the
+    median norm (1: no such gate). With ``high_relative`` > 1 the MAD rule is two-sided: a class
+    with anomaly index < -``threshold`` and a norm above ``high_relative`` times the median is
+    flagged too (after the small-norm ones): a class that clean samples reach only at an
+    unusual cost, the mark of a clean-label attack that poisons the whole target class (SIG at
+    a 10% rate: its clean target images were never learned without the trigger).
     """
     if rule not in ("mad", "pvalue", "both"):
         raise TacreconError(f"rule must be mad, pvalue or both, got {rule!r}")
@@ -82,7 +87,13 @@ def detect(norms: Tensor, threshold: float = 3.0, alpha: float = 0.05, rule: str
     by_p = [int(torch.argmin(norms))] if p_value < alpha else []
     flagged = by_mad if rule == "mad" else by_p if rule == "pvalue" else by_mad + [k for k in by_p if k not in by_mad]
     flagged = [k for k in flagged if relative[k] < max_relative]
-    return {"anomaly_index": index, "relative": relative, "p_value": p_value, "flagged": flagged}
+    high = []
+    if high_relative > 1 and rule != "pvalue":
+        finite = torch.isfinite(norms)
+        high = [int(k) for k in torch.argsort(index) if finite[k] and index[k] < -threshold
+                and relative[k] > high_relative]
+    return {"anomaly_index": index, "relative": relative, "p_value": p_value, "flagged": flagged + high,
+            "unreachable": high}
 
 
 def unlearn_loss(shifts: list[Tensor], targets: list[int], beta: float):
@@ -185,6 +196,10 @@ class TAC(Defense):
             must also have a norm below ``max_relative`` = 0.85 of the median: the smallest
             relative norm of the clean tuning models (digits seeds 100-109: 0.893; CIFAR-10 seed
             100: 0.966), less a margin of about 0.04, rounded down to 0.05.
+        high_relative: the high side of the MAD rule (:func:`detect`; 0: one-sided). 1.25: the
+            largest relative norm of any class that is not a target in the tuning models (clean
+            and backdoored, digits seeds 100-109 and CIFAR-10 seed 100: 1.204, a non-target
+            class of a digits Blended model), plus a margin of about 0.04, rounded up to 0.05.
         force_target: repair this class (only) even if the model looks clean (-1: off).
             Otherwise every flagged class is repaired (multi-target attacks), each with its s_t.
         repair: fine-tune after detection (False: scan only).
@@ -228,6 +243,7 @@ class TAC(Defense):
     threshold: float = 3.0
     alpha: float = 0.05
     max_relative: float = 0.85
+    high_relative: float = 1.25
     force_target: int = -1
     repair: bool = True
     method: str = "prune"
@@ -251,6 +267,8 @@ class TAC(Defense):
             raise TacreconError(f"rule must be mad, pvalue or both, got {self.rule!r}")
         if not 0 < self.max_relative <= 1:
             raise TacreconError(f"max_relative must be in (0, 1], got {self.max_relative}")
+        if self.high_relative != 0 and self.high_relative <= 1:
+            raise TacreconError(f"high_relative must be 0 (off) or > 1, got {self.high_relative}")
         if self.method not in ("prune", "finetune"):
             raise TacreconError(f"method must be prune or finetune, got {self.method!r}")
         if self.prune_stop <= 0 or self.prune_step < 0 or not 0 < self.prune_max <= 1:
@@ -274,7 +292,7 @@ class TAC(Defense):
         qp = reconstruct(classifier, clean, self.bias, self.quantile_or_none, z)
         ratios = universality_ratios(classifier, z, clean.y, qp, self.bias)
         found = detect(qp.norms if self.score == "norm" else ratios, self.threshold, self.alpha, self.rule,
-                       self.max_relative)
+                       self.max_relative, self.high_relative)
         return qp, {**found, "ratios": ratios, "latents": z}
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
@@ -287,6 +305,7 @@ class TAC(Defense):
                         "p_value": found["p_value"], "kkt_residual": float(qp.kkt_residual.nan_to_num(0).max())}
         self.shifts_ = qp.shifts
         self.targets_ = found["flagged"]
+        self.unreachable_ = found["unreachable"]
         self.target_ = self.targets_[0] if self.targets_ else None
         targets = [self.force_target] if self.force_target >= 0 else self.targets_
         if not targets or not self.repair:
