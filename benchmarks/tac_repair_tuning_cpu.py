@@ -37,6 +37,10 @@ PRUNE_VARIANTS = {
     "prune to 1.1, b128 lr.01 ep10 frozen": {"method": "prune", "prune_stop": 1.1, "batch_size": 128, "lr": 0.01,
                                               "epochs": 10, "beta": 0.0},
     "prune, b128 lr.003 ep10 frozen": {"method": "prune", "batch_size": 128, "lr": 0.003, "epochs": 10, "beta": 0.0},
+    "prune to 1.1, frozen, loss beta .1 recompute": {"method": "prune", "prune_stop": 1.1, "batch_size": 128,
+                                                      "lr": 0.01, "epochs": 10, "beta": 0.1, "recompute": True},
+    "prune to 1.1, frozen, loss beta .3 recompute": {"method": "prune", "prune_stop": 1.1, "batch_size": 128,
+                                                      "lr": 0.01, "epochs": 10, "beta": 0.3, "recompute": True},
     "prune, b128 lr.01 ep10 whole beta 1": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10,
                                             "freeze_head": False, "beta": 1.0},
 }
@@ -96,6 +100,7 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     parser.add_argument("--cached", action="store_true", help="tabulate the cached results only, run nothing")
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), help="the tuning models to run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("cifar10", root=args.data_root)
@@ -111,7 +116,7 @@ def main() -> None:
                 cache = folder / "repair_tuning" / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.json"
                 if cache.is_file():  # the name says the setting
                     record = read_json(cache)
-                elif tabulate_only:  # the table always holds every cached result
+                elif tabulate_only or attack not in args.attacks:  # the table holds every cached result
                     continue
                 else:
                     record = {"variant": variant, **run_one(load_artifact(folder), data, variant, seed)}

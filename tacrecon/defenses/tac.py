@@ -336,5 +336,7 @@ class TAC(Defense):
         self.stats_.update(pruned=len(units), latent_dim=d, relative_norms=history)
         with columns_held_at_zero(head, units):
             if self.epochs > 0:
+                if self.beta > 0:  # the TAC that is left: s_t of the pruned model
+                    shifts = reconstruct(model, clean, self.bias, self.quantile_or_none).shifts[targets].float()
                 unlearn(model, clean, targets, shifts, cfg, self.beta, self.recompute, self.freeze_head, generator,
                         self.bias, self.quantile_or_none)
