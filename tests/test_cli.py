@@ -81,3 +81,14 @@ def test_demo_attacks_scans_and_repairs_digits(capsys, tmp_path):
     assert code == 0 and "class 0 flagged" in out
     after = float(out.split("ASR ")[-1].split("-> ")[1].split("%")[0])
     assert after < 20.0  # the planted backdoor is gone
+
+
+def test_verdict_names_an_unreachable_target():
+    from tacrecon.cli import verdict
+
+    scan = {"p_value": 1.0, "norms": [15.0] + [10.0] * 9, "target": 0, "target_name": "airplane",
+            "anomaly_index": [-8.6] + [0.0] * 9, "relative": [1.5] + [1.0] * 9, "unreachable": [0]}
+    line = verdict(scan)
+    assert line.startswith("BACKDOORED: poisoned class 0 (airplane)") and "150% of the median" in line
+    assert "hard to reach" in line
+    assert "hard to reach" not in verdict({**scan, "unreachable": []})
