@@ -145,6 +145,19 @@ def test_a_cell_made_with_another_default_is_run_again(tmp_path):
     assert json.loads(path.read_text())["defense_config"]["lr"] != 123.0
 
 
+def test_a_config_with_tuples_reads_back_as_done(tmp_path):
+    # NAD's betas and layers are tuples; the stored JSON holds lists, which must still match
+    from tacrecon.defenses import create_defense
+
+    cell = Cell("digits", "test_cnn", "badnets", 0, "nad", "smoke")
+    config = create_defense("nad", "smoke").to_dict()
+    assert any(isinstance(v, tuple) for v in config.values())
+    path = cell.result_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"status": "done", "request": cell.key, "defense_config": config}))
+    assert runner.cell_state(cell, tmp_path) == "done"
+
+
 def test_an_artifact_is_trained_once(tmp_path, monkeypatch):
     import tacrecon.artifact as artifact
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import fcntl
+import json
 import logging
 import multiprocessing
 import os
@@ -118,7 +119,8 @@ def cell_state(cell: Cell, out: Path) -> str:
         raise TacreconError(f"{path} was made by other inputs ({stored.get('request')}); this config asks "
                             f"{cell.key}: use another --out")
     resolved = create_defense(cell.defense, cell.budget, **cell.defense_params).to_dict()
-    return "done" if stored.get("defense_config") == resolved else "stale"
+    as_stored = json.loads(json.dumps(resolved))  # tuples read back as lists
+    return "done" if stored.get("defense_config") == as_stored else "stale"
 
 
 def finished(cell: Cell, out: Path) -> bool:
