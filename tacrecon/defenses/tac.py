@@ -229,7 +229,7 @@ class TAC(Defense):
     measured per setting, and the CPU protocol's is the default. With ``beta`` 0.1 and
     ``recompute`` the fine-tune after pruning also applies the TAC loss to s_t of the pruned
     model: lower held-out ASR on every backdoored tuning model (Blended seeds 100 / 101: 2.0% /
-    3.1% against 4.9% / 8.4%) at 2.6-3.0 points on three of five; it meets the removal bar on 1
+    3.1% against 4.9% / 8.4%) at 2.6-3.0 points on four of five; it meets the removal bar on 1
     of 4 tuning models against the default's 2 of 4, so it is an option, not the default.
 
     CPU budget: the defaults: 10 epochs over the 5% clean set (2,500 CIFAR-10 images, 200 steps
