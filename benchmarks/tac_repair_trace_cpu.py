@@ -27,28 +27,11 @@ from tacrecon.defenses.base import columns_held_at_zero
 from tacrecon.defenses.tac import latents_of, prune_plan, reconstruct, unlearn_loss
 from tacrecon.metrics import accuracy, attack_rates
 from tacrecon.models import as_classifier
-from tacrecon.qp import solve_latent_qp
 from tacrecon.scan import clean_subset
 from tacrecon.stats import relative_scores
 from tacrecon.train import TrainConfig, fit
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "tuning" / "artifacts" / "cifar10" / "resnet_small"
-
-
-def plan_by_spread(z: torch.Tensor, head: torch.nn.Linear, t: int, stop: float, rank: str, limit: int) -> list[int]:
-    """Greedy pruning like ``prune_plan``, ranking units by |s_t| over their clean std or mean."""
-    w, b, zz = head.weight.detach().double().clone(), head.bias.detach().double(), z.double()
-    scale = (zz.std(0) if rank == "std" else zz.mean(0)).clamp_min(1e-6)
-    units: list[int] = []
-    while len(units) < limit:
-        qp = solve_latent_qp(zz, w, b)
-        if relative_scores(qp.norms)[t] >= stop:
-            break
-        size = qp.shifts[t].abs() / scale
-        size[units] = -1
-        units.append(int(size.argmax()))
-        w[:, units[-1]] = 0
-    return units
 
 
 def main() -> None:
@@ -71,8 +54,9 @@ def main() -> None:
     model, t = as_classifier(copy.deepcopy(art.model)), 0
     head = model.get_classifier()
     z = latents_of(model, clean.x)
-    units = (prune_plan(z, head.weight, head.bias, [t], args.stop, 1, 64)[0] if args.rank == "abs"
-             else plan_by_spread(z, head, t, args.stop, args.rank, 64))
+    scale = {"abs": None, "std": z.std(0), "mean": z.mean(0)}[args.rank]
+    units, _ = prune_plan(z, head.weight, head.bias, [t], args.stop, 1, 64,
+                          scale=None if scale is None else scale.clamp_min(1e-6))
     print(f"pruned {len(units)} units", flush=True)
 
     def report(tag: str) -> None:

@@ -118,6 +118,11 @@ def test_prune_plan_removes_the_unit_that_carries_the_shortcut():
     assert none == [] and len(first) == 1
     capped, _ = prune_plan(z, w, None, [0], stop=100.0, step=2, max_units=3)
     assert len(capped) == 3  # max_units holds even when a step would pass it
+    scale = torch.ones(20, dtype=torch.float64)
+    scale[5] = 1e6  # unit 5 counted as if its clean spread were huge: it is ranked last
+    first_units, _ = prune_plan(z, w, None, [0], stop=100.0, max_units=1)
+    scaled_units, _ = prune_plan(z, w, None, [0], stop=100.0, max_units=1, scale=scale)
+    assert first_units == [5] and scaled_units != [5]
 
 
 def test_prune_repair_masks_the_pruned_units(planted, digits):

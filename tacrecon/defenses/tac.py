@@ -145,14 +145,16 @@ def unlearn(model: Classifier, clean: Split, targets: int | list[int], shifts: T
 
 
 def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: list[int], stop: float = 1.0,
-               step: int = 1, max_units: int | None = None, quantile: float | None = None) -> tuple[list[int], list[list[float]]]:
+               step: int = 1, max_units: int | None = None, quantile: float | None = None,
+               scale: Tensor | None = None) -> tuple[list[int], list[list[float]]]:
     """Phase 2a (pruning): the latent units that carry the reconstructed TACs, removed greedily.
 
     Repeats: solve the QP with the current head (``weight`` (C, d) with the pruned columns
     zeroed), take the flagged class t whose norm is smallest relative to the median norm, and
     prune the ``step`` unpruned units with the largest |s_t| components; until every target's
     norm is at least ``stop`` times the median (the class is then as hard to reach as a typical
-    one), or ``max_units`` are pruned. Uses the clean ``latents`` (N, d) only.
+    one), or ``max_units`` are pruned. Uses the clean ``latents`` (N, d) only. ``scale`` (d,)
+    ranks the units by |s_t| / scale instead (e.g. their clean spread; None: by |s_t|).
 
     Returns:
         the pruned units in order, and the targets' relative norms before each step.
@@ -171,6 +173,8 @@ def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: li
             return pruned, history
         t = targets[int(torch.argmin(rel))]
         size = qp.shifts[t].abs().nan_to_num(0)
+        if scale is not None:
+            size = size / scale.double()
         size[pruned] = -1
         top = [int(u) for u in torch.argsort(size, descending=True)[:min(step, limit - len(pruned))]]
         pruned += top
@@ -319,16 +323,15 @@ class TAC(Defense):
         pad = self.crop_padding if self.crop_padding >= 0 else clean.x.shape[-1] // 8
         cfg = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, label_smoothing=0.0,
                           schedule="cosine", crop_padding=pad, flip=False, progress=True, weight_decay=5e-4)
-        shifts = qp.shifts[targets].float()
         if self.method == "prune":
-            self.prune_and_finetune(classifier, clean, targets, found["latents"], shifts, cfg, generator)
+            self.prune_and_finetune(classifier, clean, targets, found["latents"], cfg, generator)
         else:
-            unlearn(classifier, clean, targets, shifts, cfg, self.beta, self.recompute, self.freeze_head, generator,
-                    self.bias, self.quantile_or_none)
+            unlearn(classifier, clean, targets, qp.shifts[targets].float(), cfg, self.beta, self.recompute,
+                    self.freeze_head, generator, self.bias, self.quantile_or_none)
         self.stats_["repair_seconds"] = time.perf_counter() - start
 
     def prune_and_finetune(self, model: Classifier, clean: Split, targets: list[int], latents: Tensor,
-                           shifts: Tensor, cfg: TrainConfig, generator: torch.Generator) -> None:
+                           cfg: TrainConfig, generator: torch.Generator) -> None:
         """Prune the latent units of the TACs (:func:`prune_plan`), then :func:`unlearn` with them held at 0."""
         head = model.get_classifier()
         d = head.weight.shape[1]
@@ -340,7 +343,8 @@ class TAC(Defense):
         self.stats_.update(pruned=len(units), latent_dim=d, relative_norms=history)
         with columns_held_at_zero(head, units):
             if self.epochs > 0:
-                if self.beta > 0:  # the TAC that is left: s_t of the pruned model
-                    shifts = reconstruct(model, clean, self.bias, self.quantile_or_none).shifts[targets].float()
+                # the TAC that is left: s_t of the pruned model (the loss does not use it at beta 0)
+                shifts = (reconstruct(model, clean, self.bias, self.quantile_or_none).shifts[targets].float()
+                          if self.beta > 0 else head.weight.new_zeros(len(targets), d))
                 unlearn(model, clean, targets, shifts, cfg, self.beta, self.recompute, self.freeze_head, generator,
                         self.bias, self.quantile_or_none)
