@@ -123,11 +123,6 @@ def cell_state(cell: Cell, out: Path) -> str:
     return "done" if stored.get("defense_config") == as_stored else "stale"
 
 
-def finished(cell: Cell, out: Path) -> bool:
-    """True when the cell's result exists and was made with the defense config resolved now."""
-    return cell_state(cell, out) == "done"
-
-
 def parse_only(items: list[str]) -> dict[str, list[str]]:
     """``["attack=badnets,blended", "seed=0"]`` -> ``{"attack": ["badnets", "blended"], "seed": ["0"]}``."""
     only: dict[str, list[str]] = {}
@@ -210,12 +205,18 @@ def make_backend(backend: str, workers: int, threads: int | None, device: str, a
     return Inline() if workers == 1 else Pool(workers)
 
 
-def plan(config: BenchConfig, out: Path, only: dict[str, list[str]] | None = None) -> tuple[list[Cell], list[Cell]]:
-    """(all selected cells, those to run: missing or stale)."""
+def survey(config: BenchConfig, out: Path, only: dict[str, list[str]] | None = None) -> tuple[list[Cell], dict[str, str]]:
+    """(all selected cells, the :func:`cell_state` of each by label)."""
     cells = select(expand(config), only or {})
     if not cells:
         raise TacreconError("no cell of the config matches --only")
-    return cells, [c for c in cells if not finished(c, out)]
+    return cells, {c.label: cell_state(c, out) for c in cells}
+
+
+def plan(config: BenchConfig, out: Path, only: dict[str, list[str]] | None = None) -> tuple[list[Cell], list[Cell]]:
+    """(all selected cells, those to run: missing or stale)."""
+    cells, states = survey(config, out, only)
+    return cells, [c for c in cells if states[c.label] != "done"]
 
 
 def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]] | None = None, workers: int = 1,
@@ -235,8 +236,9 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
         raise TacreconError(f"--workers must be >= 1, got {workers}")
     out = Path(out)
     artifacts = Path(artifacts) if artifacts is not None else out / "artifacts"
-    cells, todo = plan(config, out, only)
-    stale = [c for c in todo if cell_state(c, out) == "stale"]
+    cells, states = survey(config, out, only)
+    todo = [c for c in cells if states[c.label] != "done"]
+    stale = [c for c in todo if states[c.label] == "stale"]
     for cell in stale:
         log.warning("cell %s was made with another %s config: running it again", cell.label, cell.defense)
     groups: dict[Path, list[Cell]] = {}
