@@ -4,7 +4,7 @@ Usage: python benchmarks/tac_repair_tuning_cpu.py [--seeds 100] [--artifacts doc
                                                   [--data-root DIR] [--only VARIANT ...]
 
 Needs the artifacts of configs/tac_tuning_cpu.yaml (cifar10, resnet_small, none / badnets / blended /
-wanet). Each variant repairs every backdoored model with its true target forced (so detection does
+wanet / sig). Each variant repairs every backdoored model with its true target forced (so detection does
 not interfere) and the clean model with its smallest-norm class forced (the cost of a false
 positive). The choice is made on VALIDATION figures of these tuning models: ACC and ASR on 500
 training images held out from the defender's clean set (never the test split, protocols.md), and
@@ -41,6 +41,12 @@ PRUNE_VARIANTS = {
                                                       "lr": 0.01, "epochs": 10, "beta": 0.1, "recompute": True},
     "prune to 1.1, frozen, loss beta .3 recompute": {"method": "prune", "prune_stop": 1.1, "batch_size": 128,
                                                       "lr": 0.01, "epochs": 10, "beta": 0.3, "recompute": True},
+    "prune to 1.1 by abs(s) over std, frozen": {"method": "prune", "prune_stop": 1.1, "prune_rank": "shift_std",
+                                         "batch_size": 128, "lr": 0.01, "epochs": 10, "beta": 0.0},
+    "prune to 1.2 by abs(s) over std, frozen": {"method": "prune", "prune_stop": 1.2, "prune_rank": "shift_std",
+                                         "batch_size": 128, "lr": 0.01, "epochs": 10, "beta": 0.0},
+    "prune to 1.2, frozen": {"method": "prune", "prune_stop": 1.2, "batch_size": 128, "lr": 0.01, "epochs": 10,
+                             "beta": 0.0},
     "prune, b128 lr.01 ep10 whole beta 1": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10,
                                             "freeze_head": False, "beta": 1.0},
 }
@@ -55,7 +61,7 @@ LOSS_VARIANTS = {
 LOSS_VARIANTS = {name: {"method": "finetune", "beta": 1.0, **v} for name, v in LOSS_VARIANTS.items()}
 PRUNE_VARIANTS = {name: {"prune_stop": 1.0, **v} for name, v in PRUNE_VARIANTS.items()}
 VARIANTS = {**PRUNE_VARIANTS, **LOSS_VARIANTS}
-ATTACKS = ("badnets", "blended", "wanet", "none")
+ATTACKS = ("badnets", "blended", "wanet", "sig", "none")
 
 
 def relative_target_norm(model: torch.nn.Module, clean, target: int) -> float:

@@ -6,7 +6,7 @@ import torch
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.data import load_dataset
 from tacrecon.defenses import create_defense
-from tacrecon.defenses.tac import TAC, detect, latents_of, prune_plan, reconstruct, unlearn
+from tacrecon.defenses.tac import TAC, detect, latents_of, prune_plan, prune_to_peak, reconstruct, unlearn
 from tacrecon.errors import TacreconError
 from tacrecon.metrics import accuracy, attack_rates
 from tacrecon.models import create_model
@@ -194,3 +194,24 @@ def test_universality_ratios_are_at_least_one(digits):
     assert bool((ratios[reached] == 0).all())
     tac = TAC(score="ratio", repair=False).fit(model, clean)
     assert tac.scores_["score"] == "ratio" and len(tac.scores_["ratios"]) == 10
+
+
+def test_prune_to_peak_removes_the_trigger_units_of_an_unreachable_class():
+    # class 0 is no better than the average class on the 38 ordinary units, so clean samples reach
+    # it only at a cost; units 3 and 4, silent on clean data, vote for it: its cheapest way in
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(300, 40, generator=g, dtype=torch.float64)
+    z[:, 3:5] = 0
+    w = torch.randn(5, 40, generator=g, dtype=torch.float64)
+    w[0] = w[1:].mean(0)
+    w[0, 3:5] = 8.0
+    b = torch.zeros(5, dtype=torch.float64)
+    units, norms = prune_to_peak(z, w, b, 0)
+    assert sorted(units) == [3, 4] and norms[2] == float("inf")  # without them class 0 is out of reach
+    w[0] += 0.3 * torch.randn(40, generator=g, dtype=torch.float64)  # now reachable without them too
+    units, norms = prune_to_peak(z, w, b, 0, patience=3)
+    assert sorted(units[:2]) == [3, 4] and norms[2] > 2 * norms[0]  # the norm jumps as they go
+    best = max(range(len(norms)), key=norms.__getitem__)
+    assert len(units) == best and len(norms) == best + 3 + 1  # kept up to the max, then `patience` steps
+    assert prune_to_peak(z, w, b, 0, exclude=[3])[0][0] == 4
+    assert len(prune_to_peak(z, w, b, 0, max_units=1)[0]) <= 1

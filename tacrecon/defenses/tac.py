@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -181,6 +182,48 @@ def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: li
         w[:, top] = 0
 
 
+def prune_to_peak(latents: Tensor, weight: Tensor, bias: Tensor | None, target: int, step: int = 1,
+                  max_units: int | None = None, quantile: float | None = None, patience: int = 4,
+                  exclude: Sequence[int] = ()) -> tuple[list[int], list[float]]:
+    """Phase 2a for an *unreachable* class t (the high side of :func:`detect`): prune its trigger units.
+
+    A clean-label attack (SIG) makes t hard to reach from clean images, yet s_t still points
+    along the trigger's latent units: they are t's cheapest way in. Removing them makes t harder
+    still, so ||s_t|| rises while trigger units go and stops rising once only ordinary units are
+    left (they serve every class alike). Repeats: solve t's QP with the current head, prune the
+    ``step`` unpruned units with the largest |s_t| components; stops when ||s_t|| has not passed
+    its running maximum for ``patience`` steps (or at ``max_units``) and keeps the units pruned up
+    to that maximum; stops at once if t can no longer be reached at all. ``exclude``: units already pruned (for another class), kept zeroed.
+
+    Returns:
+        the pruned units in order, and ||s_t|| before each step.
+    """
+    w = weight.detach().double().clone()
+    b = bias.detach().double() if bias is not None else None
+    z = latents.detach().double()
+    gone = list(exclude)
+    w[:, gone] = 0
+    limit = w.shape[1] // 2 if max_units is None else max_units
+    pruned: list[int] = []
+    norms: list[float] = []
+    best, since = 0, 0
+    while len(pruned) < limit and since < patience:
+        qp = solve_latent_qp(z, w, b, quantile=quantile, classes=[target])
+        norms.append(float(qp.norms[0]))
+        if not torch.isfinite(qp.norms[0]):  # t is now out of reach of any shift: nothing more to remove
+            return pruned, norms
+        if norms[-1] > norms[best]:
+            best, since = len(norms) - 1, 0
+        elif len(norms) > 1:
+            since += 1
+        size = qp.shifts[0].abs().nan_to_num(0)
+        size[gone + pruned] = -1
+        top = [int(u) for u in torch.argsort(size, descending=True)[:min(step, limit - len(pruned))]]
+        pruned += top
+        w[:, top] = 0
+    return pruned[:best * step], norms
+
+
 @DEFENSES.register("tac")
 @dataclass
 class TAC(Defense):
@@ -211,6 +254,10 @@ class TAC(Defense):
             reconstructed TAC (:func:`prune_plan`: greedily, until the target's norm is
             ``prune_stop`` times the median norm; ``prune_step`` units per step, 0: d / 128;
             at most ``prune_max`` of the d units), then fine-tune with them held at 0.
+            ``prune_rank``: which units go first, ``shift`` (largest |s_t| component) or
+            ``shift_std`` (largest |s_t| over the unit's clean standard deviation: a shift along
+            a unit that barely varies on clean data is the more anomalous). A flagged class
+            of the high side (``unreachable_``) is pruned by :func:`prune_to_peak` instead.
             ``finetune``: fine-tune only, with the TAC loss of :func:`unlearn_loss`.
         epochs, lr, batch_size, beta, recompute, freeze_head: the fine-tune (:func:`unlearn`);
             beta 0 is plain cross-entropy.
@@ -258,6 +305,7 @@ class TAC(Defense):
     prune_stop: float = 1.1
     prune_step: int = 0
     prune_max: float = 0.5
+    prune_rank: str = "shift"
     epochs: int = 10
     lr: float = 0.01
     batch_size: int = 128
@@ -282,6 +330,8 @@ class TAC(Defense):
         if self.prune_stop <= 0 or self.prune_step < 0 or not 0 < self.prune_max <= 1:
             raise TacreconError(f"need prune_stop > 0, prune_step >= 0 and prune_max in (0, 1], got "
                                 f"{self.prune_stop}, {self.prune_step}, {self.prune_max}")
+        if self.prune_rank not in ("shift", "shift_std"):
+            raise TacreconError(f"prune_rank must be shift or shift_std, got {self.prune_rank!r}")
         if self.beta < 0 or self.epochs < 0:
             raise TacreconError("beta and epochs must be >= 0")
 
@@ -337,10 +387,18 @@ class TAC(Defense):
         d = head.weight.shape[1]
         step = self.prune_step or -(-d // 128)
         bias = head.bias if self.bias else None
-        units, history = prune_plan(latents, head.weight, bias, targets, self.prune_stop, step,
-                                    int(self.prune_max * d), self.quantile_or_none)
+        scale = latents.double().std(0).clamp_min(1e-6) if self.prune_rank == "shift_std" else None
+        limit = int(self.prune_max * d)
+        low = [t for t in targets if t not in self.unreachable_]
+        units, history = (prune_plan(latents, head.weight, bias, low, self.prune_stop, step, limit,
+                                     self.quantile_or_none, scale) if low else ([], []))
+        peaks = {}
+        for t in (t for t in targets if t in self.unreachable_):
+            more, peaks[t] = prune_to_peak(latents, head.weight, bias, t, step, limit - len(units),
+                                           self.quantile_or_none, exclude=units)
+            units = units + more
         self.pruned_ = units
-        self.stats_.update(pruned=len(units), latent_dim=d, relative_norms=history)
+        self.stats_.update(pruned=len(units), latent_dim=d, relative_norms=history, unreachable_norms=peaks)
         with columns_held_at_zero(head, units):
             if self.epochs > 0:
                 # the TAC that is left: s_t of the pruned model (the loss does not use it at beta 0)
