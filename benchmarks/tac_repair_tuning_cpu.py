@@ -6,7 +6,7 @@ Usage: python benchmarks/tac_repair_tuning_cpu.py [--seeds 100] [--artifacts doc
 Needs the artifacts of configs/tac_tuning_cpu.yaml (cifar10, resnet_small, none / badnets / blended /
 wanet / sig). Each variant repairs every backdoored model with its true target forced (so detection does
 not interfere) and the clean model with its smallest-norm class forced (the cost of a false
-positive). The choice is made on VALIDATION figures of these tuning models: ACC and ASR on 500
+positive). The choice is made on VALIDATION figures of these tuning models: ACC and ASR on 500 (``--val-n``)
 training images held out from the defender's clean set (never the test split, protocols.md), and
 what a defender sees with clean data only, the target's relative norm ||s_t|| / median ||s_k||
 rescanned on the repaired model. Test ACC / ASR are recorded too, not used to choose. Results are
@@ -79,9 +79,9 @@ def held_out(train, used: int, count: int, seed: int, exclude: torch.Tensor):
     return train.subset(candidates[perm[used:used + count]])
 
 
-def run_one(art, data, variant: dict, seed: int) -> dict:
+def run_one(art, data, variant: dict, seed: int, val_n: int = 500) -> dict:
     clean = clean_subset(data.train, 0.05, None, seed, art.poison_index)
-    held = held_out(data.train, len(clean), 500, seed, art.poison_index)
+    held = held_out(data.train, len(clean), val_n, seed, art.poison_index)
     scan = TAC(repair=False).fit(art.model, clean)
     target = art.attack.target if art.attack.name != "none" else int(torch.tensor(scan.scores_["norms"]).argmin())
     start = time.perf_counter()
@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     parser.add_argument("--cached", action="store_true", help="tabulate the cached results only, run nothing")
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), help="the tuning models to run")
+    parser.add_argument("--val-n", type=int, default=500,
+                        help="held-out training images for the validation figures (results cached apart per size)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("cifar10", root=args.data_root)
@@ -119,13 +121,16 @@ def main() -> None:
                 if not (folder / "attack.json").is_file():
                     print(f"skip {folder}: no artifact yet", flush=True)
                     continue
-                cache = folder / "repair_tuning" / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.json"
+                suffix = "" if args.val_n == 500 else f"_val{args.val_n}"
+                stem = name.replace(' ', '_').replace('(', '').replace(')', '')
+                cache = folder / "repair_tuning" / f"{stem}{suffix}.json"
                 if cache.is_file():  # the name says the setting
                     record = read_json(cache)
                 elif tabulate_only or attack not in args.attacks:  # the table holds every cached result
                     continue
                 else:
-                    record = {"variant": variant, **run_one(load_artifact(folder), data, variant, seed)}
+                    record = {"variant": variant, "val_n": args.val_n,
+                              **run_one(load_artifact(folder), data, variant, seed, args.val_n)}
                     atomic_write_json(cache, record)
                 results.setdefault(name, {})[f"{attack}/seed{seed}"] = record
                 print(name, attack, seed, record["after"], round(record["seconds"]), flush=True)
@@ -142,7 +147,8 @@ def main() -> None:
     table = markdown_table(["variant", "settings (other TAC fields: defaults; beta 1 unless said)", "model", "val ACC", "val ASR", "||s_t|| / median",
                             "test ACC (not used to choose)", "test ASR (not used to choose)", "seconds"], rows)
     print(table)
-    write_result("tac_repair_tuning_cpu", {"seeds": args.seeds, "variants": VARIANTS, "results": results}, table)
+    name = "tac_repair_tuning_cpu" + ("" if args.val_n == 500 else f"_val{args.val_n}")
+    write_result(name, {"seeds": args.seeds, "val_n": args.val_n, "variants": VARIANTS, "results": results}, table)
 
 
 if __name__ == "__main__":

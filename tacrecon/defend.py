@@ -73,7 +73,8 @@ def defend_artifact(defense: Defense, art: Artifact, data: Dataset, *, seed: int
     before = {k: art.record[k] for k in ("acc", "asr", "ra")}
     defense.fit(art.model, clean, torch.Generator().manual_seed(seed))
     after = evaluate(defense.model_, art.attack, data)
-    return {"defense": defense.name, "defense_config": defense.to_dict(), "attack": art.record["attack"],
+    return {"defense": defense.name, "defense_config": defense.to_dict(), "defense_revision": defense.revision,
+            "attack": art.record["attack"],
             "dataset": art.record["dataset"], "arch": art.record["arch"], "attack_seed": art.record["seed"],
             "attack_target": art.attack.target, "clean_samples": len(clean), "before": before, "after": after,
             "der": der(before["acc"], after["acc"], before["asr"], after["asr"]) if before["asr"] is not None else None,

@@ -145,6 +145,18 @@ def test_a_cell_made_with_another_default_is_run_again(tmp_path):
     assert json.loads(path.read_text())["defense_config"]["lr"] != 123.0
 
 
+def test_a_cell_made_by_an_earlier_revision_of_the_code_is_run_again(tmp_path, monkeypatch):
+    config = BenchConfig.from_dict(TINY)
+    out = tmp_path / "out"
+    run_grid(config, out, only={"defense": ["ft"]}, progress=False)
+    cell = expand(config)[1]
+    assert json.loads(cell.result_path(out).read_text())["defense_revision"] == 1
+    assert runner.cell_state(cell, out) == "done"
+    from tacrecon.defenses import DEFENSES
+    monkeypatch.setattr(DEFENSES.get("ft"), "revision", 2)
+    assert runner.cell_state(cell, out) == "stale"
+
+
 def test_a_config_with_tuples_reads_back_as_done(tmp_path):
     # NAD's betas and layers are tuples; the stored JSON holds lists, which must still match
     from tacrecon.defenses import create_defense

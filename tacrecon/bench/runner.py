@@ -104,7 +104,8 @@ def record_failure(cell: Cell, out: str, error: str, trace: str | None) -> dict[
 
 
 def cell_state(cell: Cell, out: Path) -> str:
-    """``missing``, ``done``, or ``stale``: finished under another resolved defense config.
+    """``missing``, ``done``, or ``stale``: finished under another resolved defense config, or by
+    an earlier revision of the defense's code (``Defense.revision``; 1 where a record has none).
 
     A cell's path and request hold only the overrides, so a changed default (a new threshold, a
     budget that grew) leaves the request equal; the stored ``defense_config`` is compared with
@@ -118,9 +119,10 @@ def cell_state(cell: Cell, out: Path) -> str:
     if stored.get("request") != cell.key:
         raise TacreconError(f"{path} was made by other inputs ({stored.get('request')}); this config asks "
                             f"{cell.key}: use another --out")
-    resolved = create_defense(cell.defense, cell.budget, **cell.defense_params).to_dict()
-    as_stored = json.loads(json.dumps(resolved))  # tuples read back as lists
-    return "done" if stored.get("defense_config") == as_stored else "stale"
+    defense = create_defense(cell.defense, cell.budget, **cell.defense_params)
+    as_stored = json.loads(json.dumps(defense.to_dict()))  # tuples read back as lists
+    same_code = stored.get("defense_revision", 1) == defense.revision
+    return "done" if same_code and stored.get("defense_config") == as_stored else "stale"
 
 
 def parse_only(items: list[str]) -> dict[str, list[str]]:

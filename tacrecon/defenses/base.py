@@ -39,6 +39,9 @@ class Defense(Config):
 
     paper: ClassVar[str] = ""
     budgets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # bumped when a change of the code (not of a hyperparameter) changes what the defense does,
+    # so that the benchmark runs the cells it finished before again (bench.runner.cell_state)
+    revision: ClassVar[int] = 1
 
     @classmethod
     def with_budget(cls, budget: str | None = None, **overrides: Any) -> "Defense":

@@ -290,6 +290,7 @@ class TAC(Defense):
     paper: ClassVar[str] = ("Iwahana et al. 2025, Robust Backdoor Removal by Reconstructing Trigger-Activated "
                              "Changes in Latent Representation, https://arxiv.org/abs/2511.08944")
     budgets: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "smoke": {"epochs": 1, "force_target": 0}}
+    revision: ClassVar[int] = 2  # 2: a flagged class of the high side is pruned (prune_to_peak)
 
     score: str = "norm"
     bias: bool = True
