@@ -1,0 +1,76 @@
+"""How well does TAC's s_t stand for the real trigger's latent effect? A diagnostic, not a tuning step.
+
+Usage: python benchmarks/tac_trigger_alignment_cpu.py [--artifacts docs/results/cpu/artifacts] [--seeds 0]
+           [--tuning docs/results/tuning/artifacts] [--data-root DIR]
+
+For every backdoored model, on 500 training images outside the defender's clean set (the images of
+other classes than the target), the trigger's latent shift d_i = z(T(x_i)) - z(x_i) is compared
+with s_t reconstructed from the clean set alone: the norm of the mean shift, the mean norm, their
+ratio (1: the same shift for every image, the universal shift TAC looks for), and the cosine of
+s_t with the mean shift and (median) with each d_i. It explains the detection and repair tables;
+nothing here is used to choose a threshold or a setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from common import markdown_table, write_result
+from tac_repair_tuning_cpu import held_out
+from tacrecon.artifact import load_artifact
+from tacrecon.attacks import ATTACKS
+from tacrecon.data import load_dataset
+from tacrecon.defenses.tac import latents_of, reconstruct
+from tacrecon.models import as_classifier
+from tacrecon.scan import clean_subset
+from tacrecon.stats import relative_scores
+
+
+def alignment(folder: Path, data) -> dict:
+    art = load_artifact(folder)
+    seed = art.record["seed"]
+    clean = clean_subset(data.train, 0.05, None, seed, art.poison_index)
+    held = held_out(data.train, len(clean), 500, seed, art.poison_index)
+    model, t = as_classifier(art.model), art.attack.target
+    x = held.x[held.y != t]
+    shift = (latents_of(model, art.attack(x)) - latents_of(model, x)).double()
+    mean = shift.mean(0)
+    qp = reconstruct(model, clean)
+    s = qp.shifts[t].double()
+    each = (shift @ s) / shift.norm(dim=1).clamp_min(1e-12) / s.norm()
+    return {"attack": art.attack.name, "seed": seed, "s_norm": float(s.norm()),
+            "s_relative": float(relative_scores(qp.norms)[t]), "mean_shift_norm": float(mean.norm()),
+            "shift_norm": float(shift.norm(dim=1).mean()),
+            "consistency": float(mean.norm() / shift.norm(dim=1).mean()),
+            "cos_mean": float(mean @ s / mean.norm() / s.norm()), "cos_each_median": float(each.median())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("docs/results/cpu/artifacts"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--tuning", type=Path, default=Path("docs/results/tuning/artifacts"))
+    parser.add_argument("--data-root", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = load_dataset("cifar10", root=args.data_root)
+    base = args.artifacts / "cifar10" / "resnet_small"
+    jobs = [("reported", base / a / f"seed{s}") for a in ATTACKS.names() if a != "none" for s in args.seeds]
+    jobs += [("tuning", p) for p in sorted((args.tuning / "cifar10" / "resnet_small").glob("*/seed*"))
+             if not p.parent.name == "none"]
+    results = [{"group": g, **alignment(f, data)} for g, f in jobs if (f / "attack.json").is_file()]
+    rows = [[r["group"], r["attack"], r["seed"], f"{r['s_norm']:.2f} ({r['s_relative']:.2f} x median)",
+             f"{r['mean_shift_norm']:.2f}", f"{r['shift_norm']:.2f}", f"{r['consistency']:.2f}",
+             f"{r['cos_mean']:.2f}", f"{r['cos_each_median']:.2f}"] for r in results]
+    table = markdown_table(["models", "attack", "seed", "||s_t||", "||mean trigger shift||",
+                            "mean ||trigger shift||", "consistency", "cos(s_t, mean shift)",
+                            "cos(s_t, each shift), median"], rows)
+    print(table)
+    write_result("tac_trigger_alignment_cpu", {"results": results}, table)
+
+
+if __name__ == "__main__":
+    main()
