@@ -214,4 +214,8 @@ def test_prune_to_peak_removes_the_trigger_units_of_an_unreachable_class():
     best = max(range(len(norms)), key=norms.__getitem__)
     assert len(units) == best and len(norms) == best + 3 + 1  # kept up to the max, then `patience` steps
     assert prune_to_peak(z, w, b, 0, exclude=[3])[0][0] == 4
+    # the clean-accuracy guard: the trigger units cost the clean samples nothing, the next ones do
+    labels = (z @ w.T + b).argmax(1)
+    guarded, _ = prune_to_peak(z, w, b, 0, patience=3, labels=labels, max_drop=0.0)
+    assert sorted(guarded) == [3, 4]
     assert len(prune_to_peak(z, w, b, 0, max_units=1)[0]) <= 1
