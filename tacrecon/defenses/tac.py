@@ -203,7 +203,8 @@ def prune_to_peak(latents: Tensor, weight: Tensor, bias: Tensor | None, target: 
     to that maximum; stops at once if t can no longer be reached at all. With the clean ``labels``
     (N,) it also stops before a step that would bring the head's accuracy on ``latents`` more than
     ``max_drop`` below its value at the start: trigger units carry nothing the clean samples need,
-    ordinary units do, so this bounds the harm of a class flagged by mistake. ``exclude``: units already pruned (for another class), kept zeroed.
+    ordinary units do, so this bounds the harm of a class flagged by mistake. ``exclude``: units
+    already pruned (for another class), kept zeroed.
 
     Returns:
         the pruned units in order, and ||s_t|| before each step.
