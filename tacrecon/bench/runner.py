@@ -242,7 +242,7 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
     todo = [c for c in cells if states[c.label] != "done"]
     stale = [c for c in todo if states[c.label] == "stale"]
     for cell in stale:
-        log.warning("cell %s was made with another %s config: running it again", cell.label, cell.defense)
+        log.warning("cell %s was made with another %s config or code revision: running it again", cell.label, cell.defense)
     groups: dict[Path, list[Cell]] = {}
     for cell in todo:
         groups.setdefault(cell.artifact_path(artifacts), []).append(cell)
