@@ -5,6 +5,7 @@ import torch
 
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.data import load_dataset
+from tacrecon.data.split import Split
 from tacrecon.defenses import create_defense
 from tacrecon.defenses.tac import TAC, detect, latents_of, prune_plan, prune_to_peak, reconstruct, unlearn
 from tacrecon.errors import TacreconError
@@ -219,3 +220,33 @@ def test_prune_to_peak_removes_the_trigger_units_of_an_unreachable_class():
     guarded, _ = prune_to_peak(z, w, b, 0, patience=3, labels=labels, max_drop=0.0)
     assert sorted(guarded) == [3, 4]
     assert len(prune_to_peak(z, w, b, 0, max_units=1)[0]) <= 1
+
+
+def test_a_class_flagged_on_the_high_side_is_pruned_to_its_peak(monkeypatch):
+    # the repair path of an unreachable class: prune_to_peak, not prune_plan, and only up to the
+    # clean-accuracy guard; the latents are the inputs of a one-layer model
+    import tacrecon.defenses.tac as tac_module
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(300, 40, generator=g)
+    z[:, 3:5] = 0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 5))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(5, 40, generator=g))
+        model[1].weight[0] = model[1].weight[1:].mean(0) + 0.3 * torch.randn(40, generator=g)
+        model[1].weight[0, 3:5] = 8.0
+        model[1].bias.zero_()
+    x = z.reshape(300, 1, 1, 40)
+    clean = Split(x, model(x).argmax(1))
+    real = tac_module.detect
+
+    def high_side(*args, **kwargs):
+        return {**real(*args, **kwargs), "flagged": [0], "unreachable": [0]}
+
+    monkeypatch.setattr(tac_module, "detect", high_side)
+    tac = TAC(epochs=0, peak_max_drop=0.0).fit(model, clean)
+    assert tac.unreachable_ == [0] and sorted(tac.pruned_) == [3, 4]
+    assert 0 in tac.stats_["unreachable_norms"] and tac.stats_["relative_norms"] == []
+    assert bool((tac.model_[1].weight[:, [3, 4]] == 0).all())
+    assert torch.equal(model(x).argmax(1), tac.model_(x).argmax(1))  # the clean predictions are kept
