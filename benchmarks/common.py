@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,3 +35,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def pct(value: float | None) -> str:
     """A rate as a percentage, or "-" when there is none."""
     return "-" if value is None else f"{value:.2%}"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that name the CPU protocol's models: reported artifacts and seeds, tuning models."""
+    parser.add_argument("--artifacts", type=Path, default=Path("docs/results/cpu/artifacts"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--clean-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--tuning", type=Path, default=Path("docs/results/tuning/artifacts"))
+    parser.add_argument("--data-root", default=None)
+
+
+def model_folders(args: argparse.Namespace, attacks: Sequence[str], clean: bool = True) -> list[tuple[str, Path]]:
+    """(group, folder) of every CIFAR-10 resnet_small model the options name, reported first:
+    the clean models of ``--clean-seeds`` (if ``clean``), each of ``attacks`` at ``--seeds``, then
+    every tuning model (its clean ones too if ``clean``). Folders without an artifact are kept."""
+    base = args.artifacts / "cifar10" / "resnet_small"
+    jobs = [("reported", base / "none" / f"seed{s}") for s in args.clean_seeds] if clean else []
+    jobs += [("reported", base / a / f"seed{s}") for a in attacks if a != "none" for s in args.seeds]
+    tuning = sorted((args.tuning / "cifar10" / "resnet_small").glob("*/seed*"))
+    return jobs + [("tuning", p) for p in tuning if clean or p.parent.name != "none"]

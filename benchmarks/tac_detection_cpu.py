@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
+from common import add_model_arguments, markdown_table, model_folders, write_result
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.attacks import ATTACKS
 from tacrecon.data import load_dataset
@@ -59,11 +59,7 @@ def row(group: str, r: dict) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("docs/results/cpu/artifacts"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--clean-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--tuning", type=Path, default=Path("docs/results/tuning/artifacts"))
-    parser.add_argument("--data-root", default=None)
+    add_model_arguments(parser)
     parser.add_argument("--train", action="store_true", help="train the missing clean models first")
     args = parser.parse_args()
     data = load_dataset("cifar10", root=args.data_root)
@@ -72,9 +68,7 @@ def main() -> None:
         for seed in args.clean_seeds:
             run_attack("none", "cifar10", "resnet_small", base / "none" / f"seed{seed}", root=args.data_root, seed=seed,
                        train_overrides={"progress": False})
-    jobs = [("reported", base / "none" / f"seed{s}") for s in args.clean_seeds]
-    jobs += [("reported", base / a / f"seed{s}") for a in ATTACKS.names() if a != "none" for s in args.seeds]
-    jobs += [("tuning", p) for p in sorted((args.tuning / "cifar10" / "resnet_small").glob("*/seed*"))]
+    jobs = model_folders(args, ATTACKS.names())
     results = []
     for group, folder in jobs:
         if not (folder / "attack.json").is_file():

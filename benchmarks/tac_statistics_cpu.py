@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
+from common import add_model_arguments, markdown_table, model_folders, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.attacks import ATTACKS
 from tacrecon.data import load_dataset
@@ -95,17 +95,10 @@ def cells(r: dict) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("docs/results/cpu/artifacts"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--clean-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--tuning", type=Path, default=Path("docs/results/tuning/artifacts"))
-    parser.add_argument("--data-root", default=None)
+    add_model_arguments(parser)
     args = parser.parse_args()
     data = load_dataset("cifar10", root=args.data_root)
-    base = args.artifacts / "cifar10" / "resnet_small"
-    jobs = [("tuning", p) for p in sorted((args.tuning / "cifar10" / "resnet_small").glob("*/seed*"))]
-    jobs += [("reported", base / "none" / f"seed{s}") for s in args.clean_seeds]
-    jobs += [("reported", base / a / f"seed{s}") for a in ATTACKS.names() if a != "none" for s in args.seeds]
+    jobs = model_folders(args, ATTACKS.names())
     results = []
     for group, folder in jobs:
         if (folder / "attack.json").is_file():

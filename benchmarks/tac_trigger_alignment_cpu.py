@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
+from common import add_model_arguments, markdown_table, model_folders, write_result
 from tac_repair_tuning_cpu import held_out
 from tacrecon.artifact import load_artifact
 from tacrecon.attacks import ATTACKS
@@ -50,17 +50,11 @@ def alignment(folder: Path, data) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("docs/results/cpu/artifacts"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--tuning", type=Path, default=Path("docs/results/tuning/artifacts"))
-    parser.add_argument("--data-root", default=None)
+    add_model_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("cifar10", root=args.data_root)
-    base = args.artifacts / "cifar10" / "resnet_small"
-    jobs = [("reported", base / a / f"seed{s}") for a in ATTACKS.names() if a != "none" for s in args.seeds]
-    jobs += [("tuning", p) for p in sorted((args.tuning / "cifar10" / "resnet_small").glob("*/seed*"))
-             if not p.parent.name == "none"]
+    jobs = model_folders(args, ATTACKS.names(), clean=False)
     results = [{"group": g, **alignment(f, data)} for g, f in jobs if (f / "attack.json").is_file()]
     rows = [[r["group"], r["attack"], r["seed"], f"{r['s_norm']:.2f} ({r['s_relative']:.2f} x median)",
              f"{r['mean_shift_norm']:.2f}", f"{r['shift_norm']:.2f}", f"{r['consistency']:.2f}",
