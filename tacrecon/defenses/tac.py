@@ -145,6 +145,16 @@ def unlearn(model: Classifier, clean: Split, targets: int | list[int], shifts: T
                params=params, epoch_hook=refresh, desc="tac unlearn")
 
 
+def next_units(shift: Tensor, taken: Sequence[int], count: int, scale: Tensor | None = None) -> list[int]:
+    """The ``count`` units not in ``taken`` with the largest |shift| (d,) components (over
+    ``scale`` (d,) when given): the next ones a pruning step removes."""
+    size = shift.abs().nan_to_num(0)
+    if scale is not None:
+        size = size / scale.double()
+    size[list(taken)] = -1
+    return [int(u) for u in torch.argsort(size, descending=True)[:count]]
+
+
 def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: list[int], stop: float = 1.0,
                step: int = 1, max_units: int | None = None, quantile: float | None = None,
                scale: Tensor | None = None) -> tuple[list[int], list[list[float]]]:
@@ -173,11 +183,7 @@ def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: li
         if bool((rel >= stop).all()) or len(pruned) >= limit:
             return pruned, history
         t = targets[int(torch.argmin(rel))]
-        size = qp.shifts[t].abs().nan_to_num(0)
-        if scale is not None:
-            size = size / scale.double()
-        size[pruned] = -1
-        top = [int(u) for u in torch.argsort(size, descending=True)[:min(step, limit - len(pruned))]]
+        top = next_units(qp.shifts[t], pruned, min(step, limit - len(pruned)), scale)
         pruned += top
         w[:, top] = 0
 
@@ -230,9 +236,7 @@ def prune_to_peak(latents: Tensor, weight: Tensor, bias: Tensor | None, target: 
             best, since = len(norms) - 1, 0
         elif len(norms) > 1:
             since += 1
-        size = qp.shifts[0].abs().nan_to_num(0)
-        size[gone + pruned] = -1
-        top = [int(u) for u in torch.argsort(size, descending=True)[:min(step, limit - len(pruned))]]
+        top = next_units(qp.shifts[0], gone + pruned, min(step, limit - len(pruned)))
         pruned += top
         w[:, top] = 0
     return pruned[:best * step], norms
