@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import argparse
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 

@@ -112,6 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("cifar10", root=args.data_root)
+    suffix = "" if args.val_n == 500 else f"_val{args.val_n}"  # results of another size are kept apart
     results: dict[str, dict[str, dict]] = {}
     for name, variant in VARIANTS.items():
         tabulate_only = args.cached or (args.only is not None and name not in args.only)
@@ -121,7 +122,6 @@ def main() -> None:
                 if not (folder / "attack.json").is_file():
                     print(f"skip {folder}: no artifact yet", flush=True)
                     continue
-                suffix = "" if args.val_n == 500 else f"_val{args.val_n}"
                 stem = name.replace(' ', '_').replace('(', '').replace(')', '')
                 cache = folder / "repair_tuning" / f"{stem}{suffix}.json"
                 if cache.is_file():  # the name says the setting
@@ -147,8 +147,8 @@ def main() -> None:
     table = markdown_table(["variant", "settings (other TAC fields: defaults; beta 1 unless said)", "model", "val ACC", "val ASR", "||s_t|| / median",
                             "test ACC (not used to choose)", "test ASR (not used to choose)", "seconds"], rows)
     print(table)
-    name = "tac_repair_tuning_cpu" + ("" if args.val_n == 500 else f"_val{args.val_n}")
-    write_result(name, {"seeds": args.seeds, "val_n": args.val_n, "variants": VARIANTS, "results": results}, table)
+    write_result("tac_repair_tuning_cpu" + suffix,
+                 {"seeds": args.seeds, "val_n": args.val_n, "variants": VARIANTS, "results": results}, table)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,9 @@ STATISTICS = ("norm", "q0.99", "q0.95", "q0.9", "diag", "mahalanobis", "ratio")
 
 
 def metric_norms(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
-    """||s_k|| (C,) of the latent QP with the latents (N, d) mapped by a linear whitening."""
+    """||s_k|| (C,) of the robust QP (``q...``) or of the QP with the latents (N, d) mapped by a
+    linear whitening (``diag``, ``mahalanobis``)."""
     z, w, b = z.double(), w.double(), b.double()
-    if metric == "norm":
-        return solve_latent_qp(z, w, b).norms
     if metric.startswith("q"):  # the robust variant: the q-quantile over samples instead of the max
         return solve_latent_qp(z, w, b, quantile=float(metric[1:])).norms
     if metric == "diag":
@@ -66,10 +65,12 @@ def statistics(folder: Path, data, seed: int) -> dict:
     z = latents_of(model, clean.x)
     target = art.attack.target if art.attack.name != "none" else None
     out = {"attack": art.attack.name, "seed": seed, "true_target": target}
+    plain = solve_latent_qp(z.double(), head.weight.detach().double(), head.bias.detach().double())
     for name in STATISTICS:
-        if name == "ratio":
-            qp = solve_latent_qp(z.double(), head.weight.detach().double(), head.bias.detach().double())
-            scores = universality_ratios(model, z, clean.y, qp)
+        if name == "norm":
+            scores = plain.norms
+        elif name == "ratio":
+            scores = universality_ratios(model, z, clean.y, plain)
         else:
             scores = metric_norms(z, head.weight.detach(), head.bias.detach(), name)
         index, rel = anomaly_index(scores), relative_scores(scores)
