@@ -301,9 +301,10 @@ class TAC(Defense):
     head frozen and batch 32 does (benchmarks/tac_repair_tuning_digits.py): the choice is
     measured per setting, and the CPU protocol's is the default. With ``beta`` 0.1 and
     ``recompute`` the fine-tune after pruning also applies the TAC loss to s_t of the pruned
-    model: lower held-out ASR on every backdoored tuning model (Blended seeds 100 / 101: 2.0% /
-    3.1% against 4.9% / 8.4%) at 2.6-3.0 points on four of five; it meets the removal bar on 1
-    of 4 tuning models against the default's 2 of 4, so it is an option, not the default.
+    model: lower held-out ASR on every backdoored tuning model (2,500 held-out images; Blended
+    seeds 100 / 101: 1.3% / 2.6% against 4.3% / 10.8%) at 2.4-3.3 points on every one; it meets
+    the removal bar on none of the five backdoored tuning models against the default's 3 of 5
+    (docs/benchmarks/tac_repair_tuning_cpu_val2500.md), so it is an option, not the default.
 
     CPU budget: the defaults: 10 epochs over the 5% clean set (2,500 CIFAR-10 images, 200 steps
     of 128), and about 30 QPs for the pruning plan.
