@@ -7,10 +7,12 @@ from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.data import load_dataset
 from tacrecon.data.split import Split
 from tacrecon.defenses import create_defense
-from tacrecon.defenses.tac import TAC, detect, latents_of, prune_plan, prune_to_peak, reconstruct, unlearn
+import tacrecon.defenses.tac as tac_module
+from tacrecon.defenses.tac import (TAC, detect, latents_of, prune_plan, prune_to_peak, reconstruct, stamp_share,
+                                   surrogate_trigger, unlearn)
 from tacrecon.errors import TacreconError
-from tacrecon.metrics import accuracy, attack_rates
-from tacrecon.models import create_model
+from tacrecon.metrics import accuracy, attack_rates, predict
+from tacrecon.models import as_classifier, create_model
 from tacrecon.scan import clean_subset
 from tacrecon.train import TrainConfig
 from tacrecon.workflows import DIGITS_REPAIR
@@ -250,3 +252,54 @@ def test_a_class_flagged_on_the_high_side_is_pruned_to_its_peak(monkeypatch):
     assert 0 in tac.stats_["unreachable_norms"] and tac.stats_["relative_norms"] == []
     assert bool((tac.model_[1].weight[:, [3, 4]] == 0).all())
     assert torch.equal(model(x).argmax(1), tac.model_(x).argmax(1))  # the clean predictions are kept
+
+
+def test_surrogate_trigger_is_bounded_and_reproduces_the_tac(planted):
+    art, clean = planted["badnets"]
+    model = as_classifier(art.model).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    shift = reconstruct(model, clean).shifts[0].float()
+    delta = surrogate_trigger(model, clean, 0, shift, eps=0.3, steps=60, batch_size=64)
+    assert delta.shape == clean.x.shape[1:] and float(delta.abs().max()) <= 0.3
+    assert model.training  # its mode is given back, its weights untouched
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    others = clean.x[clean.y != 0]
+
+    def error(d):
+        return float((latents_of(model, (others + d).clamp(0, 1)) - latents_of(model, others) - shift)
+                     .square().sum(1).mean())
+    assert error(delta) < 0.8 * error(torch.zeros_like(delta))
+    hits = float((predict(model, (others + delta).clamp(0, 1)) == 0).float().mean())
+    base = float((predict(model, others) == 0).float().mean())
+    assert hits > base + 0.2  # it works like a trigger: it sends other classes to the target (0.32 vs 0.0)
+    with pytest.raises(TacreconError, match="no image outside class 0"):
+        surrogate_trigger(model, clean.subset(torch.nonzero(clean.y == 0).flatten()), 0, shift, eps=0.3)
+
+
+def test_stamp_share_stamps_the_first_share_of_a_batch_in_turn():
+    deltas = torch.stack([torch.full((1, 2, 2), 0.25), torch.full((1, 2, 2), -0.25)])
+    x, y = torch.full((10, 1, 2, 2), 0.5), torch.arange(10)
+    out, labels = stamp_share(deltas, 0.4)(x, y, torch.Generator())
+    assert torch.equal(labels, y) and torch.equal(x, torch.full((10, 1, 2, 2), 0.5))  # the input is not modified
+    assert out[:4, 0, 0, 0].tolist() == [0.75, 0.25, 0.75, 0.25] and bool((out[4:] == 0.5).all())
+    assert torch.equal(stamp_share(deltas, 0.01)(x, y, torch.Generator())[0], x)  # a share under one image
+
+
+def test_surrogate_repair_keeps_the_stand_ins_and_stamps_the_fine_tune(planted, monkeypatch):
+    art, clean = planted["badnets"]
+    seen = []
+    real = tac_module.fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("batch_hook"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tac_module, "fit", spy)
+    tac = TAC(epochs=1, surrogate_eps=0.3, surrogate_steps=20).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert tac.targets_ == [0] and tac.surrogates_.shape == (1, *clean.x.shape[1:])
+    assert tac.stats_["surrogate_targets"] == [0] and 0 <= tac.stats_["surrogate_success"][0] <= 1
+    assert seen and seen[-1] is not None
+    plain = TAC(epochs=1).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert not hasattr(plain, "surrogates_") and seen[-1] is None
+    for bad in ({"surrogate_eps": 1.5}, {"surrogate_ratio": 1.0}, {"surrogate_steps": 0}):
+        with pytest.raises(TacreconError, match="surrogate"):
+            TAC(**bad).validate()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES, Defense, columns_held_at_zero
 from tacrecon.errors import TacreconError
+from tacrecon.metrics import predict, rate
 from tacrecon.models import Classifier, as_classifier
 from tacrecon.qp import QPResult, sample_distances, solve_latent_qp
 from tacrecon.stats import anomaly_index, min_test_pvalue, relative_scores
@@ -121,7 +122,8 @@ def unlearn_loss(shifts: list[Tensor], targets: list[int], beta: float):
 
 def unlearn(model: Classifier, clean: Split, targets: int | list[int], shifts: Tensor, cfg: TrainConfig,
             beta: float = 1.0, recompute: bool = False, freeze_head: bool = False,
-            generator: torch.Generator | None = None, bias: bool = True, quantile: float | None = None) -> list[float]:
+            generator: torch.Generator | None = None, bias: bool = True, quantile: float | None = None,
+            batch_hook: Callable | None = None) -> list[float]:
     """Phase 2: fine-tune ``model`` in place so that latents shifted by s_t keep their labels.
 
     Args:
@@ -129,6 +131,7 @@ def unlearn(model: Classifier, clean: Split, targets: int | list[int], shifts: T
         shifts: s_t, (d,) for one target or (T, d) for T targets: the reconstructed TACs.
         recompute: recompute the s_t against the current model before every epoch.
         freeze_head: train the backbone only.
+        batch_hook: passed to :func:`~tacrecon.train.fit` (e.g. :func:`stamp_share`).
     Returns:
         the loss of each epoch.
     """
@@ -142,7 +145,7 @@ def unlearn(model: Classifier, clean: Split, targets: int | list[int], shifts: T
     head = model.get_classifier()
     params = [p for p in model.parameters() if not (freeze_head and any(p is q for q in head.parameters()))]
     return fit(model, clean, cfg, generator=generator, loss_fn=unlearn_loss(current, targets, beta),
-               params=params, epoch_hook=refresh, desc="tac unlearn")
+               params=params, epoch_hook=refresh, batch_hook=batch_hook, desc="tac unlearn")
 
 
 def next_units(shift: Tensor, taken: Sequence[int], count: int, scale: Tensor | None = None) -> list[int]:
@@ -242,6 +245,53 @@ def prune_to_peak(latents: Tensor, weight: Tensor, bias: Tensor | None, target: 
     return pruned[:best * step], norms
 
 
+def surrogate_trigger(model: Classifier, clean: Split, target: int, shift: Tensor, eps: float, steps: int = 150,
+                      batch_size: int = 128, lr: float = 0.05, generator: torch.Generator | None = None) -> Tensor:
+    """Phase 2b: an input-space stand-in for the trigger of ``target``, guided by its TAC.
+
+    The universal perturbation delta (C, H, W), |delta| <= ``eps`` everywhere, whose latent change
+    z(clip(x + delta)) - z(x) best reproduces ``shift`` (d,), s_t, on the clean images of the other
+    classes (mean squared error, Adam on delta = eps * tanh(raw), ``steps`` batches of
+    ``batch_size``). A latent-space loss can only re-weight the head; a fine-tune on images that
+    carry delta with their true labels teaches the body to ignore the input pattern that produces
+    the TAC. ``model`` is used in eval mode and not modified.
+    """
+    others = clean.x[clean.y != target]
+    if others.shape[0] == 0:
+        raise TacreconError(f"the clean set has no image outside class {target} to search a surrogate trigger on")
+    generator = generator or torch.Generator().manual_seed(0)
+    was_training = model.training
+    model.eval()
+    raw = torch.zeros(clean.x.shape[1:], device=clean.device, requires_grad=True)
+    opt = torch.optim.Adam([raw], lr=lr)
+    goal = shift.detach().to(others)
+    for _ in range(steps):
+        x = others[torch.randint(others.shape[0], (batch_size,), generator=generator).to(clean.device)]
+        with torch.no_grad():
+            before = model.latent(x)
+        after = model.latent((x + eps * torch.tanh(raw)).clamp(0, 1))
+        loss = (after - before - goal).square().sum(1).mean()
+        raw.grad, = torch.autograd.grad(loss, raw)
+        opt.step()
+    model.train(was_training)
+    return (eps * torch.tanh(raw)).detach()
+
+
+def stamp_share(deltas: Tensor, ratio: float):
+    """A batch hook for :func:`~tacrecon.train.fit`: the first ``ratio`` of every (shuffled) batch
+    gets one of the surrogate triggers ``deltas`` (T, C, H, W) added, in turn, clipped to [0, 1];
+    labels kept."""
+    def hook(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        n = round(ratio * x.shape[0])
+        if n == 0:
+            return x, y
+        x = x.clone()
+        which = torch.arange(n, device=x.device) % deltas.shape[0]
+        x[:n] = (x[:n] + deltas.to(x)[which]).clamp(0, 1)
+        return x, y
+    return hook
+
+
 @DEFENSES.register("tac")
 @dataclass
 class TAC(Defense):
@@ -338,6 +388,10 @@ class TAC(Defense):
     recompute: bool = False
     freeze_head: bool = True
     crop_padding: int = -1
+    surrogate_eps: float = 0.0
+    surrogate_ratio: float = 0.2
+    surrogate_steps: int = 150
+    surrogate_lr: float = 0.05
 
     def validate(self) -> None:
         if not 0 < self.quantile <= 1:
@@ -361,6 +415,12 @@ class TAC(Defense):
             raise TacreconError(f"prune_rank must be shift or shift_std, got {self.prune_rank!r}")
         if self.beta < 0 or self.epochs < 0:
             raise TacreconError("beta and epochs must be >= 0")
+        if not 0 <= self.surrogate_eps <= 1 or not 0 < self.surrogate_ratio < 1:
+            raise TacreconError(f"need surrogate_eps in [0, 1] and surrogate_ratio in (0, 1), got "
+                                f"{self.surrogate_eps}, {self.surrogate_ratio}")
+        if self.surrogate_steps < 1 or self.surrogate_lr <= 0:
+            raise TacreconError(f"need surrogate_steps >= 1 and surrogate_lr > 0, got {self.surrogate_steps}, "
+                                f"{self.surrogate_lr}")
 
     @property
     def quantile_or_none(self) -> float | None:
@@ -400,16 +460,36 @@ class TAC(Defense):
         pad = self.crop_padding if self.crop_padding >= 0 else clean.x.shape[-1] // 8
         cfg = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, label_smoothing=0.0,
                           schedule="cosine", crop_padding=pad, flip=False, progress=True, weight_decay=5e-4)
+        hook = self.surrogates(classifier, clean, targets, qp.shifts, generator)
         if self.method == "prune":
-            self.prune_and_finetune(classifier, clean, targets, found["latents"], cfg, generator)
+            self.prune_and_finetune(classifier, clean, targets, found["latents"], cfg, generator, hook)
         else:
             unlearn(classifier, clean, targets, qp.shifts[targets].float(), cfg, self.beta, self.recompute,
-                    self.freeze_head, generator, self.bias, self.quantile_or_none)
+                    self.freeze_head, generator, self.bias, self.quantile_or_none, hook)
         self.stats_["repair_seconds"] = time.perf_counter() - start
 
+    def surrogates(self, model: Classifier, clean: Split, targets: list[int], shifts: Tensor,
+                   generator: torch.Generator) -> Callable | None:
+        """Phase 2b: a :func:`surrogate_trigger` per target (on the model before any pruning), kept as
+        ``surrogates_`` (T, C, H, W), and the fine-tune's batch hook that stamps them (None: off)."""
+        reachable = [t for t in targets if bool(torch.isfinite(shifts[t]).all())]
+        if self.surrogate_eps == 0 or self.epochs == 0 or not reachable:
+            return None
+        start = time.perf_counter()
+        self.surrogates_ = torch.stack([surrogate_trigger(model, clean, t, shifts[t].float(), self.surrogate_eps,
+                                                          self.surrogate_steps, self.batch_size, self.surrogate_lr,
+                                                          generator) for t in reachable])
+        with torch.no_grad():
+            hits = [rate(predict(model, clean.x[clean.y != t], transform=lambda x, d=d: (x + d).clamp(0, 1)) == t)
+                    for t, d in zip(reachable, self.surrogates_)]
+        self.stats_.update(surrogate_seconds=time.perf_counter() - start, surrogate_targets=reachable,
+                           surrogate_success=hits)
+        return stamp_share(self.surrogates_, self.surrogate_ratio)
+
     def prune_and_finetune(self, model: Classifier, clean: Split, targets: list[int], latents: Tensor,
-                           cfg: TrainConfig, generator: torch.Generator) -> None:
-        """Prune the latent units of the TACs (:func:`prune_plan`), then :func:`unlearn` with them held at 0."""
+                           cfg: TrainConfig, generator: torch.Generator, batch_hook: Callable | None = None) -> None:
+        """Prune the latent units of the TACs (:func:`prune_plan`), then :func:`unlearn` with them held at 0
+        (and ``batch_hook``, the surrogate triggers' stamp)."""
         head = model.get_classifier()
         d = head.weight.shape[1]
         step = self.prune_step or -(-d // 128)
@@ -433,4 +513,4 @@ class TAC(Defense):
                 shifts = (reconstruct(model, clean, self.bias, self.quantile_or_none).shifts[targets].float()
                           if self.beta > 0 else head.weight.new_zeros(len(targets), d))
                 unlearn(model, clean, targets, shifts, cfg, self.beta, self.recompute, self.freeze_head, generator,
-                        self.bias, self.quantile_or_none)
+                        self.bias, self.quantile_or_none, batch_hook)
