@@ -298,8 +298,11 @@ def test_surrogate_repair_keeps_the_stand_ins_and_stamps_the_fine_tune(planted, 
     assert tac.targets_ == [0] and tac.surrogates_.shape == (1, *clean.x.shape[1:])
     assert tac.stats_["surrogate_targets"] == [0] and 0 <= tac.stats_["surrogate_success"][0] <= 1
     assert seen and seen[-1] is not None
-    plain = TAC(epochs=1).fit(art.model, clean, torch.Generator().manual_seed(0))
+    plain = TAC(epochs=1, surrogate_eps=0.0).fit(art.model, clean, torch.Generator().manual_seed(0))
     assert not hasattr(plain, "surrogates_") and seen[-1] is None
+    high = TAC()
+    high.unreachable_ = [0]  # a class of the high side gets no surrogate (prune_to_peak handles it)
+    assert high.surrogates(as_classifier(art.model), clean, [0], tac.shifts_, torch.Generator()) is None
     for bad in ({"surrogate_eps": 1.5}, {"surrogate_ratio": 1.0}, {"surrogate_steps": 0}):
         with pytest.raises(TacreconError, match="surrogate"):
             TAC(**bad).validate()
