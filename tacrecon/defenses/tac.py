@@ -380,7 +380,8 @@ class TAC(Defense):
 
     paper: ClassVar[str] = ("Iwahana et al. 2025, Robust Backdoor Removal by Reconstructing Trigger-Activated "
                              "Changes in Latent Representation, https://arxiv.org/abs/2511.08944")
-    budgets: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "smoke": {"epochs": 1, "force_target": 0}}
+    budgets: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "smoke": {"epochs": 1, "force_target": 0,
+                                                                         "surrogate_steps": 10}}
     revision: ClassVar[int] = 3  # 2: the high side is pruned (prune_to_peak); 3: surrogate triggers
 
     score: str = "norm"
