@@ -32,3 +32,28 @@ def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path,
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_stand_ins(deltas, targets: Sequence[int], path: str | Path, classes: Sequence[str] | None = None) -> None:
+    """The surrogate triggers of a TAC repair (``deltas`` (T, C, H, W), one per target), each shown
+    as 0.5 + delta / (2 max|delta|): mid-grey is no change (PNG)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(targets), figsize=(2.2 * len(targets), 2.5), squeeze=False)
+    for ax, t, d in zip(axes[0], targets, deltas):
+        d = d.detach().float().cpu()
+        img = (0.5 + d / (2 * d.abs().max().clamp_min(1e-12))).permute(1, 2, 0).squeeze(-1).numpy()
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"class {t}" + (f" ({classes[t]})" if classes is not None else "") +
+                     f"\n|delta| <= {float(d.abs().max()):.2f}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -107,6 +107,11 @@ def run_repair(model: str, dataset: str, out: str | Path, device: torch.device, 
     if "asr" in before:
         record["der"] = der(before["acc"], after["acc"], before["asr"], after["asr"])
     save_repaired(loaded, tac.model_, Path(out), data)
+    if getattr(tac, "surrogates_", None) is not None:  # what the fine-tune taught the model to ignore
+        from tacrecon.report import plot_stand_ins
+
+        plot_stand_ins(tac.surrogates_, tac.stats_["surrogate_targets"], Path(out) / "stand_in.png", data.classes)
+        record["stand_in"] = "stand_in.png"
     atomic_write_json(Path(out) / "repair.json", record)
     return record
 

@@ -32,6 +32,7 @@ def planted(tmp_path_factory, digits):
         run_attack(name, "digits", "resnet_small", root / name, seed=100, train_overrides={"progress": False})
         art = load_artifact(root / name)
         out[name] = (art, clean_subset(digits.train, 0.2, None, 100, art.poison_index))
+    out["root"] = root
     return out
 
 
@@ -306,3 +307,16 @@ def test_surrogate_repair_keeps_the_stand_ins_and_stamps_the_fine_tune(planted, 
     for bad in ({"surrogate_eps": 1.5}, {"surrogate_ratio": 1.0}, {"surrogate_steps": 0}):
         with pytest.raises(TacreconError, match="surrogate"):
             TAC(**bad).validate()
+
+
+def test_repair_writes_the_stand_in_beside_the_repaired_model(planted, tmp_path):
+    from tacrecon.scan import run_repair
+
+    model = str(planted["root"] / "badnets")
+    r = run_repair(model, "digits", tmp_path / "with", torch.device("cpu"), {"epochs": 1, "surrogate_steps": 5},
+                   clean_fraction=0.2, seed=100)
+    assert r["stand_in"] == "stand_in.png"
+    assert (tmp_path / "with" / "stand_in.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = run_repair(model, "digits", tmp_path / "without", torch.device("cpu"), {"epochs": 1, "surrogate_eps": 0.0},
+                   clean_fraction=0.2, seed=100)
+    assert "stand_in" not in r and not (tmp_path / "without" / "stand_in.png").exists()
