@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tacrecon.io import atomic_write_bytes
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path, classes: Sequence[str] | None = None,
-               title: str = "", ylabel: str = "||s_k|| (minimal latent shift)") -> None:
-    """Bar chart of a per-class score (by default the minimal-shift norms), flagged classes in red (PNG)."""
-    import io
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (imported on first use: it is slow to load)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def png_bytes(fig: Any, dpi: int = 120) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path, classes: Sequence[str] | None = None,
+               title: str = "", ylabel: str = "||s_k|| (minimal latent shift)") -> None:
+    """Bar chart of a per-class score (by default the minimal-shift norms), flagged classes in red (PNG)."""
+    plt = pyplot()
     names = list(classes) if classes is not None else [str(k) for k in range(len(norms))]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(norms) + 1.5), 3.2))
     colors = ["tab:red" if k in flagged else "tab:blue" for k in range(len(norms))]
@@ -28,23 +45,14 @@ def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path,
     ax.set_ylabel(ylabel)
     ax.set_title(title or "TAC scan: flagged classes in red", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png_bytes(fig))
 
 
-def plot_stand_ins(deltas, targets: Sequence[int], path: str | Path, classes: Sequence[str] | None = None) -> None:
+def plot_stand_ins(deltas: Tensor, targets: Sequence[int], path: str | Path,
+                   classes: Sequence[str] | None = None) -> None:
     """The surrogate triggers of a TAC repair (``deltas`` (T, C, H, W), one per target), each shown
     as 0.5 + delta / (2 max|delta|): mid-grey is no change (PNG)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(targets), figsize=(2.2 * len(targets), 2.5), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(targets), figsize=(2.2 * len(targets), 2.5), squeeze=False)
     for ax, t, d in zip(axes[0], targets, deltas):
         d = d.detach().float().cpu()
         img = (0.5 + d / (2 * d.abs().max().clamp_min(1e-12))).permute(1, 2, 0).squeeze(-1).numpy()
@@ -53,7 +61,4 @@ def plot_stand_ins(deltas, targets: Sequence[int], path: str | Path, classes: Se
                      f"\n|delta| <= {float(d.abs().max()):.2f}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png_bytes(fig))

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from tacrecon.bench.cells import FAILED_SUFFIX
 from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_bytes, read_json
+from tacrecon.report import plot_norms, png_bytes, pyplot
 
 
 @dataclass
@@ -155,12 +156,7 @@ def scatter_png(rows: list[Row]) -> bytes | None:
     points = [r for r in rows if r.asr is not None]
     if not points:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6, 4.2))
     markers = "os^vD<>pP*Xh"
     for i, d in enumerate(order({r.defense for r in points}, ["none", "tac"])):
         group = [r for r in points if r.defense == d]
@@ -171,10 +167,7 @@ def scatter_png(rows: list[Row]) -> bytes | None:
     ax.set_title("each point: one attacked model, one defense (down-right is better)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110)
 
 
 def csv_text(rows: list[Row]) -> str:
@@ -190,8 +183,6 @@ def csv_text(rows: list[Row]) -> str:
 
 def write_report(out: str | Path) -> dict[str, str]:
     """Write the report files into ``out`` and return the texts by format (md, html, csv)."""
-    from tacrecon.report import plot_norms
-
     out = Path(out)
     rows, failed = load_rows(out)
     if not rows:
