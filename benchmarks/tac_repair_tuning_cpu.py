@@ -51,8 +51,8 @@ PRUNE_VARIANTS = {
                                            "epochs": 10, "beta": 0.0, "surrogate_eps": 0.2},
     "prune to 1.1, frozen, surrogate .1": {"method": "prune", "prune_stop": 1.1, "batch_size": 128, "lr": 0.01,
                                            "epochs": 10, "beta": 0.0, "surrogate_eps": 0.1},
-    "no pruning, frozen, surrogate .2": {"method": "finetune", "batch_size": 128, "lr": 0.01, "epochs": 10,
-                                         "beta": 0.0, "surrogate_eps": 0.2},
+    "no pruning, frozen, surrogate .1": {"method": "finetune", "batch_size": 128, "lr": 0.01, "epochs": 10,
+                                         "beta": 0.0, "surrogate_eps": 0.1},
     "prune, b128 lr.01 ep10 whole beta 1": {"method": "prune", "batch_size": 128, "lr": 0.01, "epochs": 10,
                                             "freeze_head": False, "beta": 1.0},
 }
