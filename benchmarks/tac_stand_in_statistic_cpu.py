@@ -22,9 +22,8 @@ import torch
 from common import markdown_table, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.data import load_dataset
-from tacrecon.defenses.tac import TAC, reconstruct, surrogate_trigger
+from tacrecon.defenses.tac import TAC, reconstruct, stand_in_success, surrogate_trigger
 from tacrecon.io import atomic_write_json, read_json
-from tacrecon.metrics import predict, rate
 from tacrecon.models import as_classifier
 from tacrecon.scan import clean_subset
 from tacrecon.stats import anomaly_index
@@ -41,8 +40,7 @@ def stand_in_shares(folder: Path, data) -> dict:
     for k in range(model.num_classes):
         delta = surrogate_trigger(model, clean, k, qp.shifts[k].float(), tac.surrogate_eps, tac.surrogate_steps,
                                   tac.batch_size, tac.surrogate_lr, torch.Generator().manual_seed(seed))
-        others = clean.x[clean.y != k]
-        shares.append(rate(predict(model, others, transform=lambda x, d=delta: (x + d).clamp(0, 1)) == k))
+        shares.append(stand_in_success(model, clean, k, delta))
         print(folder, k, f"{shares[-1]:.3f}", flush=True)
     target = art.attack.target if art.attack.name != "none" else None
     return {"attack": art.attack.name, "seed": seed, "target": target, "shares": shares,

@@ -277,6 +277,13 @@ def surrogate_trigger(model: Classifier, clean: Split, target: int, shift: Tenso
     return (eps * torch.tanh(raw)).detach()
 
 
+def stand_in_success(model: Classifier, clean: Split, target: int, delta: Tensor) -> float:
+    """The share of the clean images outside class ``target`` that ``delta`` (C, H, W), added and
+    clipped to [0, 1], sends to ``target``."""
+    others = clean.x[clean.y != target]
+    return rate(predict(model, others, transform=lambda x: (x + delta).clamp(0, 1)) == target)
+
+
 def stamp_share(deltas: Tensor, ratio: float):
     """A batch hook for :func:`~tacrecon.train.fit`: the first ``ratio`` of every (shuffled) batch
     gets one of the surrogate triggers ``deltas`` (T, C, H, W) added, in turn, clipped to [0, 1];
@@ -502,8 +509,7 @@ class TAC(Defense):
                                                           self.surrogate_steps, self.batch_size, self.surrogate_lr,
                                                           generator) for t in reachable])
         with torch.no_grad():
-            hits = [rate(predict(model, clean.x[clean.y != t], transform=lambda x, d=d: (x + d).clamp(0, 1)) == t)
-                    for t, d in zip(reachable, self.surrogates_)]
+            hits = [stand_in_success(model, clean, t, d) for t, d in zip(reachable, self.surrogates_)]
         self.stats_.update(surrogate_seconds=time.perf_counter() - start, surrogate_targets=reachable,
                            surrogate_success=hits)
         return stamp_share(self.surrogates_, self.surrogate_ratio)
