@@ -10,7 +10,8 @@ missing clean models of ``--clean-seeds`` (same recipe and folders as the grid).
 ones. Besides the default rule, the table shows each half of its small side alone (MAD index > 3;
 norm below 0.85 x median), so the reason for the combined rule can be read off, and the largest
 norm and lowest index of the classes that are not the target, the margin of its high side
-(flagged: index < -3 and norm above 1.25 x median).
+(flagged: index < -3 and norm above 1.25 x median), and the second look (the robust QP read
+with its own thresholds, see TAC's docstring) with the classes it adds.
 """
 
 from __future__ import annotations
@@ -44,7 +45,18 @@ def scan(folder: Path, data, seed: int) -> dict:
             "max_relative_other": max(scores["relative"][k] for k in others),
             "min_index_other": min(scores["anomaly_index"][k] for k in others),
             "by_mad_only": [k for k in range(len(norms)) if scores["anomaly_index"][k] > tac.threshold],
-            "by_relative_only": [k for k in range(len(norms)) if scores["relative"][k] < tac.max_relative]}
+            "by_relative_only": [k for k in range(len(norms)) if scores["relative"][k] < tac.max_relative],
+            "second": tac.second_, **{k: v for k, v in scores.items() if k.startswith("second_")}}
+
+
+def second_look(r: dict) -> str:
+    """The second look's numbers: the target's relative norm / index, then the others' extremes."""
+    if "second_relative" not in r:
+        return "off"
+    t, rel, index = r["true_target"], r["second_relative"], r["second_anomaly_index"]
+    others = [k for k in range(len(rel)) if k != t]
+    target = f"{rel[t]:.2f} / {index[t]:.1f}; " if t is not None else ""
+    return target + f"{min(rel[k] for k in others):.2f} / {max(index[k] for k in others):.1f}"
 
 
 def row(group: str, r: dict) -> list:
@@ -54,7 +66,8 @@ def row(group: str, r: dict) -> list:
             f"{r['relative'][t]:.2f}" if t is not None else "-", f"{r['anomaly_index'][t]:.1f}" if t is not None else "-",
             f"{r['min_relative_other']:.2f} / {r['max_relative_other']:.2f}",
             f"{r['max_index_other']:.1f} / {r['min_index_other']:.1f}", f"{r['p_value']:.2g}",
-            r["by_mad_only"] or "-", r["by_relative_only"] or "-", f"{r['scan_seconds']:.1f}"]
+            r["by_mad_only"] or "-", r["by_relative_only"] or "-", second_look(r), r["second"] or "-",
+            f"{r['scan_seconds']:.1f}"]
 
 
 def main() -> None:
@@ -80,7 +93,9 @@ def main() -> None:
     table = markdown_table(["models", "attack", "seed", "flagged", "correct", "target: norm / median",
                             "target: MAD index", "other classes: min / max norm over median",
                             "other classes: max / min index",
-                            "p (min norm)", "MAD > 3 alone", "norm < 0.85 median alone", "scan s"], rows)
+                            "p (min norm)", "MAD > 3 alone", "norm < 0.85 median alone",
+                            "second look: target rel / index; others min rel / max index", "second look adds",
+                            "scan s"], rows)
     reported = [r for r in results if r["group"] == "reported"]
     found = sum(r["flagged"][:1] == [r["true_target"]] for r in reported if r["true_target"] is not None)
     fp = sum(bool(r["flagged"]) for r in reported if r["true_target"] is None)

@@ -189,6 +189,10 @@ def verdict(scan: dict[str, Any]) -> str:
     if scan["target"] is None:
         return f"no backdoor found (smallest norm: class {k}, {stats})"
     why = ", unusually hard to reach: clean-label poisoning" if k in scan.get("unreachable", []) else ""
+    if k in scan.get("second", []):
+        i, rel = scan["second_anomaly_index"][k], scan["second_relative"][k]
+        why = (f"; found by the second look (robust QP, q {scan['second_quantile']}): anomaly index {i:.2f}, "
+               f"norm {rel:.0%} of the median")
     return f"BACKDOORED: poisoned class {k} ({scan['target_name']}), {stats}{why}"
 
 

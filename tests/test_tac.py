@@ -320,3 +320,50 @@ def test_repair_writes_the_stand_in_beside_the_repaired_model(planted, tmp_path)
     r = run_repair(model, "digits", tmp_path / "without", torch.device("cpu"), {"epochs": 1, "surrogate_eps": 0.0},
                    clean_fraction=0.2, seed=100)
     assert "stand_in" not in r and not (tmp_path / "without" / "stand_in.png").exists()
+
+
+def hard_shortcut_model():
+    """A one-layer model whose class 0 has a shortcut unit that a small latent shift uses, except
+    for 5% of the samples that sit far on its wrong side: the plain QP (the max over samples) finds
+    nothing, the robust one (q 0.9) finds class 0. Latents are the inputs: (400, 1, 1, 30)."""
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(400, 30, generator=g)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(30, 6))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(6, 30, generator=g))
+        model[1].weight[:, 0] = 0
+        model[1].weight[0, 0] = 20.0
+        model[1].bias.zero_()
+    z[:, 0] = 0
+    z[:20, 0] = -4.0
+    x = z.reshape(400, 1, 1, 30)
+    return model, Split(x, model(x).argmax(1).detach())
+
+
+def test_second_look_flags_a_class_the_plain_test_misses_and_prunes_its_unit():
+    model, clean = hard_shortcut_model()
+    plain = TAC(repair=False).fit(model, clean)
+    assert plain.targets_ == [] and plain.second_ == [] and "second_norms" not in plain.scores_
+    look = TAC(repair=False, second_quantile=0.9).fit(model, clean)
+    assert look.targets_ == [0] and look.second_ == [0]
+    assert look.scores_["second_anomaly_index"][0] > 3 and look.scores_["second_relative"][0] < 0.85
+    assert float(look.shifts_[0].norm()) == pytest.approx(look.scores_["second_norms"][0])  # the robust s_t
+    assert float(look.shifts_[1].norm()) == pytest.approx(look.scores_["norms"][1])  # the others keep the plain one
+    tac = TAC(second_quantile=0.9, epochs=0).fit(model, clean)
+    assert tac.pruned_[0] == 0 and bool((tac.model_[1].weight[:, 0] == 0).all())
+    assert bool((model[1].weight[0, 0] == 20).all())  # the input model is not modified
+    with pytest.raises(TacreconError, match="second_quantile"):
+        TAC(second_quantile=1.0).validate()
+
+
+def test_prune_plan_keeps_the_excluded_units_zeroed_and_uncounted():
+    model, clean = hard_shortcut_model()
+    z = clean.x.flatten(1)
+    w, b = model[1].weight, model[1].bias
+    units, history = prune_plan(z, w, b, [0], stop=1.1, quantile=0.9)
+    assert units[0] == 0 and history[0][0] < 0.5
+    rest, later = prune_plan(z, w, b, [0], stop=1.1, quantile=0.9, exclude=[0])
+    assert rest == units[1:] and later == history[1:]  # as if unit 0 had been pruned already
+    assert bool((w[:, 0] != 0).any())  # the weights given are not modified

@@ -160,7 +160,7 @@ def next_units(shift: Tensor, taken: Sequence[int], count: int, scale: Tensor | 
 
 def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: list[int], stop: float = 1.0,
                step: int = 1, max_units: int | None = None, quantile: float | None = None,
-               scale: Tensor | None = None) -> tuple[list[int], list[list[float]]]:
+               scale: Tensor | None = None, exclude: Sequence[int] = ()) -> tuple[list[int], list[list[float]]]:
     """Phase 2a (pruning): the latent units that carry the reconstructed TACs, removed greedily.
 
     Repeats: solve the QP with the current head (``weight`` (C, d) with the pruned columns
@@ -169,6 +169,7 @@ def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: li
     norm is at least ``stop`` times the median (the class is then as hard to reach as a typical
     one), or ``max_units`` are pruned. Uses the clean ``latents`` (N, d) only. ``scale`` (d,)
     ranks the units by |s_t| / scale instead (e.g. their clean spread; None: by |s_t|).
+    ``exclude``: units already pruned (for another class), kept zeroed and not counted.
 
     Returns:
         the pruned units in order, and the targets' relative norms before each step.
@@ -176,6 +177,7 @@ def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: li
     w = weight.detach().double().clone()
     b = bias.detach().double() if bias is not None else None
     z = latents.detach().double()
+    w[:, list(exclude)] = 0
     limit = w.shape[1] // 2 if max_units is None else max_units
     pruned: list[int] = []
     history: list[list[float]] = []
@@ -186,7 +188,7 @@ def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: li
         if bool((rel >= stop).all()) or len(pruned) >= limit:
             return pruned, history
         t = targets[int(torch.argmin(rel))]
-        top = next_units(qp.shifts[t], pruned, min(step, limit - len(pruned)), scale)
+        top = next_units(qp.shifts[t], list(exclude) + pruned, min(step, limit - len(pruned)), scale)
         pruned += top
         w[:, top] = 0
 
@@ -418,6 +420,9 @@ class TAC(Defense):
     surrogate_ratio: float = 0.2
     surrogate_steps: int = 150
     surrogate_lr: float = 0.05
+    second_quantile: float = 0.0
+    second_threshold: float = 3.0
+    second_max_relative: float = 0.85
 
     def validate(self) -> None:
         if not 0 < self.quantile <= 1:
@@ -444,6 +449,9 @@ class TAC(Defense):
         if not 0 <= self.surrogate_eps <= 1 or not 0 < self.surrogate_ratio < 1:
             raise TacreconError(f"need surrogate_eps in [0, 1] and surrogate_ratio in (0, 1), got "
                                 f"{self.surrogate_eps}, {self.surrogate_ratio}")
+        if not 0 <= self.second_quantile < 1 or self.second_threshold <= 0 or not 0 < self.second_max_relative <= 1:
+            raise TacreconError(f"need second_quantile in [0, 1), second_threshold > 0 and second_max_relative in "
+                                f"(0, 1], got {self.second_quantile}, {self.second_threshold}, {self.second_max_relative}")
         if self.surrogate_steps < 1 or self.surrogate_lr <= 0:
             raise TacreconError(f"need surrogate_steps >= 1 and surrogate_lr > 0, got {self.surrogate_steps}, "
                                 f"{self.surrogate_lr}")
@@ -464,7 +472,21 @@ class TAC(Defense):
         ratios = universality_ratios(classifier, z, clean.y, qp, self.bias)
         found = detect(qp.norms if self.score == "norm" else ratios, self.threshold, self.alpha, self.rule,
                        self.max_relative, self.high_relative)
-        return qp, {**found, "ratios": ratios, "latents": z}
+        found = {**found, "ratios": ratios, "latents": z, "shifts": qp.shifts, "second": [], "second_qp": None}
+        if self.second_quantile > 0:
+            found = self.second_look(classifier, clean, z, found)
+        return qp, found
+
+    def second_look(self, model: Classifier, clean: Split, latents: Tensor, found: dict[str, Any]) -> dict[str, Any]:
+        """The robust QP (``second_quantile``), read with its own thresholds: the classes it flags
+        that the plain test did not are added (``second``), and their TAC is the robust s_t."""
+        robust = reconstruct(model, clean, self.bias, self.second_quantile, latents)
+        look = detect(robust.norms, self.second_threshold, max_relative=self.second_max_relative)
+        extra = [k for k in look["flagged"] if k not in found["flagged"]]
+        shifts = found["shifts"].clone()
+        shifts[extra] = robust.shifts[extra]
+        return {**found, "flagged": found["flagged"] + extra, "second": extra, "second_qp": robust,
+                "second_scores": look, "shifts": shifts}
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
         start = time.perf_counter()
@@ -474,9 +496,15 @@ class TAC(Defense):
         self.scores_ = {"score": self.score, "norms": qp.norms.tolist(), "ratios": found["ratios"].tolist(),
                         "anomaly_index": found["anomaly_index"].tolist(), "relative": found["relative"].tolist(),
                         "p_value": found["p_value"], "kkt_residual": float(qp.kkt_residual.nan_to_num(0).max())}
-        self.shifts_ = qp.shifts
+        if found["second_qp"] is not None:
+            look = found["second_scores"]
+            self.scores_.update(second_norms=found["second_qp"].norms.tolist(),
+                                second_anomaly_index=look["anomaly_index"].tolist(),
+                                second_relative=look["relative"].tolist())
+        self.shifts_ = found["shifts"]
         self.targets_ = found["flagged"]
         self.unreachable_ = found["unreachable"]
+        self.second_ = found["second"]
         self.target_ = self.targets_[0] if self.targets_ else None
         targets = [self.force_target] if self.force_target >= 0 else self.targets_
         if not targets or not self.repair:
@@ -486,11 +514,11 @@ class TAC(Defense):
         pad = self.crop_padding if self.crop_padding >= 0 else clean.x.shape[-1] // 8
         cfg = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, label_smoothing=0.0,
                           schedule="cosine", crop_padding=pad, flip=False, progress=True, weight_decay=5e-4)
-        hook = self.surrogates(classifier, clean, targets, qp.shifts, generator)
+        hook = self.surrogates(classifier, clean, targets, self.shifts_, generator)
         if self.method == "prune":
             self.prune_and_finetune(classifier, clean, targets, found["latents"], cfg, generator, hook)
         else:
-            unlearn(classifier, clean, targets, qp.shifts[targets].float(), cfg, self.beta, self.recompute,
+            unlearn(classifier, clean, targets, self.shifts_[targets].float(), cfg, self.beta, self.recompute,
                     self.freeze_head, generator, self.bias, self.quantile_or_none, hook)
         self.stats_["repair_seconds"] = time.perf_counter() - start
 
@@ -524,9 +552,14 @@ class TAC(Defense):
         bias = head.bias if self.bias else None
         scale = latents.double().std(0).clamp_min(1e-6) if self.prune_rank == "shift_std" else None
         limit = int(self.prune_max * d)
-        low = [t for t in targets if t not in self.unreachable_]
+        low = [t for t in targets if t not in self.unreachable_ and t not in self.second_]
         units, history = (prune_plan(latents, head.weight, bias, low, self.prune_stop, step, limit,
                                      self.quantile_or_none, scale) if low else ([], []))
+        second = [t for t in targets if t in self.second_]
+        if second:  # found by the second look: pruned until its robust norm is typical
+            more, later = prune_plan(latents, head.weight, bias, second, self.prune_stop, step, limit - len(units),
+                                     self.second_quantile, scale, exclude=units)
+            units, history = units + more, history + later
         peaks = {}
         for t in (t for t in targets if t in self.unreachable_):
             more, peaks[t] = prune_to_peak(latents, head.weight, bias, t, step, limit - len(units),
