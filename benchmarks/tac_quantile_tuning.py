@@ -1,6 +1,6 @@
 """Choose a second look for TAC's test on tuning models: the robust QP (quantile q) and its threshold.
 
-Usage: python benchmarks/tac_quantile_tuning.py [--q 0.95 0.9 0.8 0.7 0.5] [--digits-seeds 100 ... 109]
+Usage: python benchmarks/tac_quantile_tuning.py [--q 0.99 0.95 0.9 0.8] [--digits-seeds 100 ... 109]
            [--digits-attacks none badnets blended wanet lira] [--runs runs/tuning]
            [--tuning docs/results/tuning/artifacts] [--data-root DIR]
 
@@ -85,9 +85,38 @@ def summary(results: list[dict], dataset: str, q: str) -> list:
     return row
 
 
+def plain_flags(r: dict) -> list[int]:
+    """The classes TAC's plain rule flags on the small side (index > 3 and below 0.85 x median)."""
+    s = r["q"]["1.0"]
+    return [k for k, (i, rel) in enumerate(zip(s["index"], s["relative"])) if i > 3 and rel < 0.85]
+
+
+def rule_row(results: list[dict], q: str, threshold: float, max_relative: float) -> list:
+    """One candidate second look: the models it makes wrong (it adds a class that is not the target)
+    and, per dataset and attack, the targets found by the plain rule or by it."""
+    wrong = {"digits": 0, "cifar10": 0}
+    found: dict[str, list[int]] = {}
+    for r in results:
+        s, t, plain = r["q"][q], r["target"], plain_flags(r)
+        second = [k for k, (i, rel) in enumerate(zip(s["index"], s["relative"])) if i > threshold and rel < max_relative]
+        wrong[r["dataset"]] += any(k != t and k not in plain for k in second)
+        if t is not None:
+            hits = found.setdefault(f"{r['dataset']} {r['attack']}", [0, 0])
+            hits[0] += t in plain or t in second
+            hits[1] += 1
+    total = {d: sum(r["dataset"] == d for r in results) for d in wrong}
+    return ([q, threshold, max_relative, f"{wrong['digits']}/{total['digits']}", f"{wrong['cifar10']}/{total['cifar10']}"]
+            + [f"{k} {v[0]}/{v[1]}" for k, v in sorted(found.items())])
+
+
+def padded_table(header: list[str], rows: list[list]) -> str:
+    width = max(len(r) for r in rows)
+    return markdown_table(header + [""] * (width - len(header)), [r + [""] * (width - len(r)) for r in rows])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--q", type=float, nargs="+", default=[0.95, 0.9, 0.8, 0.7, 0.5])
+    parser.add_argument("--q", type=float, nargs="+", default=[0.99, 0.95, 0.9, 0.8])
     parser.add_argument("--digits-seeds", type=int, nargs="*", default=list(range(100, 110)))
     parser.add_argument("--digits-attacks", nargs="+", default=["none", "badnets", "blended", "wanet", "lira"])
     parser.add_argument("--runs", type=Path, default=Path("runs/tuning"))
@@ -106,12 +135,16 @@ def main() -> None:
     qs = [str(q) for q in [1.0] + args.q]
     rows = [summary(results, d, q) for d in ("digits", "cifar10") for q in qs
             if any(r["dataset"] == d for r in results)]
-    header = ["dataset", "q", "models", "null: max index / min relative", "targets: weakest index / relative (models)"]
-    width = max(len(r) for r in rows)
-    table = markdown_table(header + [""] * (width - len(header)), [r + [""] * (width - len(r)) for r in rows])
+    table = padded_table(["dataset", "q", "models", "null: max index / min relative",
+                          "targets: weakest index / relative (models)"], rows)
     note = ("\nThe null: every class that is not a backdoor target (all classes of the clean models, the other "
             "classes of the backdoored ones). A target is named with the smallest index it reached over the seeds "
-            "and that model's relative norm. q 1.0 is the plain QP (the max over samples).\n")
+            "and that model's relative norm. q 1.0 is the plain QP (the max over samples).\n\n")
+    rules = [rule_row(results, str(q), t, m) for q in args.q for t in (2.0, 2.5, 3.0, 4.0) for m in (0.8, 0.85, 0.9)]
+    table += note + padded_table(["q", "index >", "relative <", "digits: models made wrong",
+                                  "cifar10: models made wrong", "targets found (plain rule or second look)"], rules)
+    note = ("\nA candidate second look flags a class whose robust norm has anomaly index > the threshold and lies "
+            "below the relative bound; a model is made wrong when it adds a class that is not the target.\n")
     print(table + note)
     write_result("tac_quantile_tuning", {"q": args.q, "results": results}, table + note)
 
