@@ -66,8 +66,15 @@ LOSS_VARIANTS = {
 }
 LOSS_VARIANTS = {name: {"method": "finetune", "beta": 1.0, **v} for name, v in LOSS_VARIANTS.items()}
 PRUNE_VARIANTS = {name: {"prune_stop": 1.0, **v} for name, v in PRUNE_VARIANTS.items()}
-VARIANTS = {**PRUNE_VARIANTS, **LOSS_VARIANTS}
-ATTACKS = ("badnets", "blended", "wanet", "sig", "none")
+# revision 4: the defaults with the second look, and the repair of a class the second look alone finds
+# (the plain rule switched off, so the robust s_t is the one pruned and stamped)
+REVISION4_VARIANTS = {
+    "defaults, revision 4": {"prune_stop": 1.1, "surrogate_eps": 0.1, "second_quantile": 0.95},
+    "second look only, revision 4": {"prune_stop": 1.1, "surrogate_eps": 0.1, "second_quantile": 0.95,
+                                     "threshold": 1000.0, "high_relative": 0.0},
+}
+VARIANTS = {**PRUNE_VARIANTS, **LOSS_VARIANTS, **REVISION4_VARIANTS}
+ATTACKS = ("badnets", "blended", "wanet", "sig", "none", "lira")
 
 
 def relative_target_norm(model: torch.nn.Module, clean, target: int) -> float:
