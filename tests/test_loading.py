@@ -120,8 +120,9 @@ def test_scan_cli_on_user_module_and_errors(user_model, capsys):
                          "--json", folder / "scan.json", "--plot", folder / "norms.png")
     assert code == 0, err
     record = json.loads((folder / "scan.json").read_text())
-    assert {"backdoored", "target", "targets", "unreachable", "norms", "anomaly_index", "p_value", "seconds"} <= set(record)
-    assert len(record["norms"]) == 10 and (folder / "norms.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"backdoored", "target", "targets", "unreachable", "norms", "anomaly_index", "p_value", "seconds",
+            "second", "second_norms", "second_anomaly_index", "second_relative"} <= set(record)
+    assert len(record["norms"]) == 10 and len(record["second_norms"]) == 10 and (folder / "norms.png").read_bytes()[:4] == b"\x89PNG"
     for argv, message in [
         (("--weights", folder / "corrupt.safetensors"), "cannot read weights"),
         (("--weights", folder / "w.pt", "--clean-n", "0"), "clean set must hold"),
