@@ -121,6 +121,25 @@ def test_run_resume_and_failure(tmp_path, monkeypatch):
     assert run_grid(config, out)["done"] == 1 and not (cell_dir / "ft.failed.json").exists()
 
 
+def test_a_cell_finished_by_a_concurrent_run_is_not_run_again(tmp_path, monkeypatch):
+    # two bench runs on one folder (or Ray nodes sharing it) plan the same cells; the later one
+    # finds the result written since its plan and leaves it alone
+    config = BenchConfig.from_dict(TINY)
+    out = tmp_path / "out"
+    run_grid(config, out, progress=False)
+    cell = next(c for c in expand(config) if c.defense == "ft")
+    before = cell.result_path(out).read_text()
+    import tacrecon.defenses as defenses
+
+    def never(*args, **kwargs):
+        raise AssertionError("the finished cell was run again")
+
+    monkeypatch.setattr(defenses, "create_defense", never)
+    artifacts = str(out / "artifacts")
+    assert runner.cell_job(cell, str(out), artifacts, None, "cpu", 1) == {"ok": True, "label": cell.label}
+    assert cell.result_path(out).read_text() == before
+
+
 def test_conflicting_inputs_are_an_error(tmp_path):
     config = BenchConfig.from_dict(TINY)
     out = tmp_path / "out"

@@ -80,6 +80,9 @@ def cell_job(cell: Cell, out: str, artifacts: str, root: str | None, device: str
     _set_threads(threads)
     start = time.perf_counter()
     try:
+        if cell_state(cell, Path(out)) == "done":  # finished since the plan, by another run on the same folder
+            log.info("cell %s was finished by another run: skipped", cell.label)
+            return {"ok": True, "label": cell.label}
         art = load_artifact(cell.artifact_path(Path(artifacts)), device)
         data = load_dataset(cell.dataset, root=root, device=device)
         defense = create_defense(cell.defense, cell.budget, **cell.defense_params)
