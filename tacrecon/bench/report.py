@@ -44,6 +44,8 @@ class Row:
     attack_target: int
     seconds: float
     norms: list | None
+    second_norms: list | None = None  # TAC's second look (revision 4+)
+    second_bound: float | None = None
 
 
 def load_rows(out: str | Path) -> tuple[list[Row], int]:
@@ -61,7 +63,8 @@ def load_rows(out: str | Path) -> tuple[list[Row], int]:
         scores = r.get("scores") or {}
         rows.append(Row(dataset, arch, attack, int(seed[4:]), path.stem, r["after"]["acc"], r["after"]["asr"],
                         r["after"]["ra"], r["der"], r["before"]["acc"], r["before"]["asr"], r["target"],
-                        r["targets"], r["attack_target"], r["seconds"], scores.get("norms")))
+                        r["targets"], r["attack_target"], r["seconds"], scores.get("norms"), scores.get("second_norms"),
+                        (r.get("defense_config") or {}).get("second_max_relative")))
     return rows, failed
 
 
@@ -200,7 +203,8 @@ def write_report(out: str | Path) -> dict[str, str]:
     for r in rows:
         if r.norms:
             path = out / "plots" / f"{r.defense}_{r.dataset}_{r.arch}_{r.attack}_seed{r.seed}.png"
-            plot_norms(r.norms, r.targets, path, title=f"{r.defense} scan: {r.dataset}/{r.arch}/{r.attack} seed {r.seed}")
+            plot_norms(r.norms, r.targets, path, title=f"{r.defense} scan: {r.dataset}/{r.arch}/{r.attack} seed {r.seed}",
+                       second=r.second_norms, bound=r.second_bound)
             figures.append((path.stem, path.read_bytes()))
     images = "".join(f"<figure><img src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
                      f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b in figures)
