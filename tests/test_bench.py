@@ -214,6 +214,22 @@ def test_an_artifact_is_trained_once(tmp_path, monkeypatch):
     assert len(trained) == 1
 
 
+def test_one_worker_runs_an_artifacts_cells_before_the_next_artifact(tmp_path, monkeypatch):
+    # a grid killed mid-way keeps the cells of the artifacts trained so far
+    config = BenchConfig.from_dict({**TINY, "grids": [{**TINY["grids"][0], "attacks": ["badnets", "blended"]}]})
+    order = []
+    for name in ("artifact_job", "cell_job"):
+        original = getattr(runner, name)
+
+        def spy(cell, *args, _name=name, _original=original):
+            order.append((_name[:-4], cell.attack))
+            return _original(cell, *args)
+        monkeypatch.setattr(runner, name, spy)
+    assert run_grid(config, tmp_path, progress=False)["done"] == 4
+    assert order == [("artifact", "badnets"), ("cell", "badnets"), ("cell", "badnets"),
+                     ("artifact", "blended"), ("cell", "blended"), ("cell", "blended")]
+
+
 def test_two_workers(tmp_path):
     config = BenchConfig.from_dict({**TINY, "grids": [{**TINY["grids"][0], "attacks": ["badnets", "blended"]}]})
     summary = run_grid(config, tmp_path, workers=2, threads=1)

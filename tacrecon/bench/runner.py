@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -142,6 +143,8 @@ def parse_only(items: list[str]) -> dict[str, list[str]]:
 class Inline:
     """Runs each job at once in this process (one worker)."""
 
+    capacity = 1  # jobs the grid keeps in flight (a Ray cluster schedules any number itself)
+
     def submit(self, fn: Callable[..., dict], *args: Any) -> cf.Future:
         future: cf.Future = cf.Future()
         future.set_result(fn(*args))
@@ -162,6 +165,7 @@ class Pool(Inline):
 
     def __init__(self, workers: int) -> None:
         self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.capacity = workers
 
     def submit(self, fn: Callable[..., dict], *args: Any) -> cf.Future:
         return self.pool.submit(fn, *args)
@@ -176,6 +180,8 @@ class Pool(Inline):
 
 class Ray(Inline):
     """The jobs as Ray tasks (``address``: an existing cluster; None: a local Ray instance)."""
+
+    capacity = sys.maxsize
 
     def __init__(self, address: str | None, threads: int | None, gpu: bool) -> None:
         try:
@@ -270,19 +276,31 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
 
 def _drive(runner: Inline, groups: dict[Path, list[Cell]], args: tuple, summary: dict[str, Any],
            inner_progress: bool) -> None:
-    """Submit artifact jobs, then each artifact's cells when it is ready, until all are done."""
+    """Keep ``runner.capacity`` jobs in flight: the cells of a ready artifact before the next
+    artifact, so finished cells land (and survive a kill) while the grid goes on, instead of after
+    every artifact of the grid has been trained."""
     pending: dict[Any, tuple[str, Any]] = {}
+    artifacts = list(groups)  # not submitted yet, in the grid's order
+    ready: list[Cell] = []  # cells whose artifact is trained, not submitted yet
     bar = tqdm(total=sum(map(len, groups.values())), desc="grid", unit="cell", disable=None)
-    for path, cells in groups.items():
-        pending[runner.submit(artifact_job, cells[0], *args, inner_progress)] = ("artifact", path)
+
+    def fill() -> None:
+        while len(pending) < runner.capacity and (ready or artifacts):
+            if ready:
+                cell = ready.pop(0)
+                pending[runner.submit(cell_job, cell, *args)] = ("cell", cell)
+            else:
+                path = artifacts.pop(0)
+                pending[runner.submit(artifact_job, groups[path][0], *args, inner_progress)] = ("artifact", path)
+
+    fill()
     while pending:
-        done, _ = runner.wait(list(pending))  # in submission order (inline: the grid's order)
+        done, _ = runner.wait(list(pending))
         for handle in done:
             kind, what = pending.pop(handle)
             result = runner.result(handle)
             if kind == "artifact" and result["ok"]:
-                for cell in groups[what]:
-                    pending[runner.submit(cell_job, cell, *args)] = ("cell", cell)
+                ready.extend(groups[what])
                 continue
             if kind == "artifact":
                 for cell in groups[what]:
@@ -293,4 +311,5 @@ def _drive(runner: Inline, groups: dict[Path, list[Cell]], args: tuple, summary:
                 summary["done" if result["ok"] else "failed"] += 1
                 bar.update(1)
             bar.set_postfix(failed=summary["failed"])
+        fill()
     bar.close()
