@@ -26,6 +26,7 @@ from tac_repair_tuning_cpu import held_out
 from tacrecon.artifact import load_artifact
 from tacrecon.attacks import ATTACKS
 from tacrecon.data import load_dataset
+from tacrecon.data.augment import add_clipped
 from tacrecon.defenses.tac import TAC, latents_of, reconstruct, surrogate_trigger
 from tacrecon.metrics import predict, rate
 from tacrecon.models import as_classifier
@@ -48,10 +49,10 @@ def alignment(folder: Path, data) -> dict:
     tac = TAC()
     delta = surrogate_trigger(model, clean, t, s.float(), tac.surrogate_eps, tac.surrogate_steps, tac.batch_size,
                               tac.surrogate_lr, torch.Generator().manual_seed(seed))
-    stand_in = (latents_of(model, (x + delta).clamp(0, 1)) - latents_of(model, x)).double().mean(0)
+    stand_in = (latents_of(model, add_clipped(x, delta)) - latents_of(model, x)).double().mean(0)
     return {"attack": art.attack.name, "seed": seed, "s_norm": float(s.norm()),
             "stand_in_cos_mean": float(stand_in @ mean / stand_in.norm() / mean.norm()),
-            "stand_in_success": rate(predict(model, (x + delta).clamp(0, 1)) == t),
+            "stand_in_success": rate(predict(model, add_clipped(x, delta)) == t),
             "s_relative": float(relative_scores(qp.norms)[t]), "mean_shift_norm": float(mean.norm()),
             "shift_norm": float(shift.norm(dim=1).mean()),
             "consistency": float(mean.norm() / shift.norm(dim=1).mean()),

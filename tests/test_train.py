@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tacrecon.data.augment import augment, random_crop, random_flip
+from tacrecon.data.augment import add_clipped, augment, random_crop, random_flip
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.models import create_model
@@ -95,3 +95,10 @@ def test_augment_shapes_and_content():
     # a crop is a shifted window of the reflect-padded image: every value comes from x
     crop = random_crop(torch.arange(100.).view(1, 1, 10, 10), 2, g)
     assert set(crop.unique().tolist()) <= set(range(100))
+
+
+def test_add_clipped_broadcasts_a_perturbation_and_keeps_the_image_range():
+    x = torch.tensor([0.0, 0.5, 0.95]).reshape(3, 1, 1, 1)
+    out = add_clipped(x, torch.full((1, 1, 1), 0.1))
+    assert torch.allclose(out.flatten(), torch.tensor([0.1, 0.6, 1.0])) and torch.equal(x.flatten()[2], torch.tensor(0.95))
+    assert float(add_clipped(x, torch.full((1, 1, 1), -0.2)).min()) == 0.0

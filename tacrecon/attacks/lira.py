@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from tacrecon.attacks.base import ATTACKS
 from tacrecon.attacks.generators import GeneratorAttack, cotrain, seeded_net
+from tacrecon.data.augment import add_clipped
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.train import LossFn, TrainConfig, cross_entropy
@@ -91,7 +92,7 @@ class LiRA(GeneratorAttack):
 
     def perturb(self, x: Tensor) -> Tensor:
         """``clamp(x + eps * T(x), 0, 1)`` with T in its current mode: (N, C, H, W) -> same."""
-        return (x + self.eps * self.noise_net_(x)).clamp(0, 1)
+        return add_clipped(x, self.eps * self.noise_net_(x))
 
     def apply(self, x: Tensor) -> Tensor:
         self.noise_net_.to(x.device).eval()

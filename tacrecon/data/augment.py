@@ -1,4 +1,4 @@
-"""Batched augmentation on the device: random crop with padding and horizontal flip."""
+"""Batched augmentation on the device: random crop with padding and horizontal flip; additive perturbations."""
 
 from __future__ import annotations
 
@@ -40,3 +40,8 @@ def augment(x: Tensor, generator: torch.Generator, padding: int = 4, flip: bool 
     """Random crop (``padding`` px) then random flip, batched. ``x``: (N, C, H, W)."""
     x = random_crop(x, padding, generator)
     return random_flip(x, generator) if flip else x
+
+
+def add_clipped(x: Tensor, delta: Tensor) -> Tensor:
+    """Images ``x`` (N, C, H, W) in [0, 1] plus a perturbation ``delta`` (broadcast to x), clipped to [0, 1]."""
+    return (x + delta).clamp(0, 1)

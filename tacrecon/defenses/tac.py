@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tacrecon.data.augment import add_clipped
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES, Defense, columns_held_at_zero
 from tacrecon.errors import TacreconError
@@ -271,7 +272,7 @@ def surrogate_trigger(model: Classifier, clean: Split, target: int, shift: Tenso
         x = others[torch.randint(others.shape[0], (batch_size,), generator=generator).to(clean.device)]
         with torch.no_grad():
             before = model.latent(x)
-        after = model.latent((x + eps * torch.tanh(raw)).clamp(0, 1))
+        after = model.latent(add_clipped(x, eps * torch.tanh(raw)))
         loss = (after - before - goal).square().sum(1).mean()
         raw.grad, = torch.autograd.grad(loss, raw)
         opt.step()
@@ -283,7 +284,7 @@ def stand_in_success(model: Classifier, clean: Split, target: int, delta: Tensor
     """The share of the clean images outside class ``target`` that ``delta`` (C, H, W), added and
     clipped to [0, 1], sends to ``target``."""
     others = clean.x[clean.y != target]
-    return rate(predict(model, others, transform=lambda x: (x + delta).clamp(0, 1)) == target)
+    return rate(predict(model, others, transform=lambda x: add_clipped(x, delta)) == target)
 
 
 def stamp_share(deltas: Tensor, ratio: float):
@@ -296,7 +297,7 @@ def stamp_share(deltas: Tensor, ratio: float):
             return x, y
         x = x.clone()
         which = torch.arange(n, device=x.device) % deltas.shape[0]
-        x[:n] = (x[:n] + deltas.to(x)[which]).clamp(0, 1)
+        x[:n] = add_clipped(x[:n], deltas.to(x)[which])
         return x, y
     return hook
 
