@@ -286,3 +286,11 @@ def test_ray_backend_matches_local(tmp_path):
     a, b = results(tmp_path / "local"), results(tmp_path / "ray")
     for name in a:
         assert a[name]["after"] == b[name]["after"], name
+
+
+def test_report_marks_a_cell_with_fewer_seeds_than_its_row(tmp_path):
+    for seed in (0, 1):
+        hand_cell(tmp_path, "badnets", seed, "none", 0.85, 0.95, 0.5)
+    hand_cell(tmp_path, "badnets", 0, "ft", 0.84, 0.50, 0.7)  # the grid has not reached seed 1 yet
+    md = write_report(tmp_path)["md"]
+    assert "| badnets | 2 | 85.0±0.0 / 95.0±0.0 | **84.0 / 50.0 [1]** |" in md and "[n]: over only n" in md

@@ -95,6 +95,7 @@ def tables(rows: list[Row]) -> list[dict[str, Any]]:
         body, bold = [], []
         for attack in attacks:
             cells, ders = [], []
+            seeds = len({r.seed for r in sub if r.attack == attack})
             for d in defenses:
                 group = [r for r in sub if r.attack == attack and r.defense == d]
                 if not group:
@@ -102,11 +103,12 @@ def tables(rows: list[Row]) -> list[dict[str, Any]]:
                     ders.append(None)
                     continue
                 acc = fmt([r.acc for r in group])
-                cells.append(acc if group[0].asr is None else f"{acc} / {fmt([r.asr for r in group])}")
+                text = acc if group[0].asr is None else f"{acc} / {fmt([r.asr for r in group])}"
+                done = len({r.seed for r in group})
+                cells.append(text if done == seeds else f"{text} [{done}]")  # a grid still running
                 d_values = [r.der for r in group if r.der is not None]
                 ders.append(statistics.fmean(d_values) if d_values else None)
             best = max((i for i, v in enumerate(ders) if v is not None), key=lambda i: ders[i], default=None)
-            seeds = len({r.seed for r in sub if r.attack == attack})
             body.append([attack, str(seeds), *cells])
             bold.append(best)
         out.append({"title": f"{dataset} / {arch}", "header": ["attack", "seeds", *defenses], "body": body,
@@ -193,7 +195,8 @@ def write_report(out: str | Path) -> dict[str, str]:
     blocks = tables(rows)
     found = detection(rows)
     note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
-            + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds; bold: the highest DER of the row.")
+            + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds ([n]: over only n of the row's "
+            "seeds, the rest not run yet); bold: the highest DER of the row.")
     md = "\n\n".join([note, *(markdown(t) for t in blocks), *([markdown(found)] if found else [])]) + "\n"
     figures = []
     png = scatter_png(rows)
