@@ -28,7 +28,7 @@ import torch
 from common import markdown_table, write_result
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.data import load_dataset
-from tacrecon.defenses.tac import latents_of
+from tacrecon.defenses.tac import TAC, latents_of
 from tacrecon.models import as_classifier
 from tacrecon.qp import solve_latent_qp
 from tacrecon.scan import clean_subset
@@ -86,9 +86,10 @@ def summary(results: list[dict], dataset: str, q: str) -> list:
 
 
 def plain_flags(r: dict) -> list[int]:
-    """The classes TAC's plain rule flags on the small side (index > 3 and below 0.85 x median)."""
+    """The classes TAC's plain rule flags on the small side (its default index threshold and bound)."""
     s = r["q"]["1.0"]
-    return [k for k, (i, rel) in enumerate(zip(s["index"], s["relative"])) if i > 3 and rel < 0.85]
+    return [k for k, (i, rel) in enumerate(zip(s["index"], s["relative"]))
+            if i > TAC.threshold and rel < TAC.max_relative]
 
 
 def rule_row(results: list[dict], q: str, threshold: float, max_relative: float) -> list:

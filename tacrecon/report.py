@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -33,11 +31,9 @@ def png_bytes(fig: Any, dpi: int = 120) -> bytes:
     return buf.getvalue()
 
 
-def over_median(values: Sequence[float]) -> list[float]:
-    """Each value over the median of the finite ones (an infinite value, an unreachable class, is drawn as 0)."""
-    finite = sorted(v for v in values if math.isfinite(v))
-    median = finite[(len(finite) - 1) // 2] if finite else 1.0
-    return [v / median if math.isfinite(v) and median > 0 else 0.0 for v in values]
+def finite_or_zero(values: Sequence[float]) -> list[float]:
+    """The bar heights of a score: an infinite value (an unreachable class) is drawn as 0."""
+    return [v if v != float("inf") else 0 for v in values]
 
 
 def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path, classes: Sequence[str] | None = None,
@@ -45,24 +41,25 @@ def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path,
                second: Sequence[float] | None = None, bound: float | None = None) -> None:
     """Bar chart of a per-class score (by default the minimal-shift norms), flagged classes in red (PNG).
 
-    With ``second`` (the second look's robust norms) both series are drawn over their medians, side by
-    side, with the relative ``bound`` of the rule as a dashed line.
+    With ``second`` (the second look's score, e.g. the robust norms over their median, beside the plain
+    ones over theirs) both series are drawn side by side, with the rule's ``bound`` as a dashed line.
+    An infinite score (an unreachable class) is drawn as 0.
     """
     plt = pyplot()
     names = list(classes) if classes is not None else [str(k) for k in range(len(norms))]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(norms) + 1.5), 3.2))
     colors = ["tab:red" if k in flagged else "tab:blue" for k in range(len(norms))]
     if second is None:
-        ax.bar(range(len(norms)), [n if n != float("inf") else 0 for n in norms], color=colors)
+        ax.bar(range(len(norms)), finite_or_zero(norms), color=colors)
     else:
         light = ["salmon" if k in flagged else "lightsteelblue" for k in range(len(norms))]
-        ax.bar([k - 0.2 for k in range(len(norms))], over_median(norms), width=0.4, color=colors, label="plain QP")
-        ax.bar([k + 0.2 for k in range(len(norms))], over_median(second), width=0.4, color=light,
+        ax.bar([k - 0.2 for k in range(len(norms))], finite_or_zero(norms), width=0.4, color=colors,
+               label="plain QP")
+        ax.bar([k + 0.2 for k in range(len(norms))], finite_or_zero(second), width=0.4, color=light,
                label="second look (robust QP)")
         if bound is not None:
             ax.axhline(bound, color="grey", linestyle="--", linewidth=1)
         ax.legend(fontsize=7, loc="lower right")
-        ylabel = "norm / median norm"
     ax.set_xticks(range(len(norms)))
     ax.set_xticklabels(names if len(names) <= 20 else [str(k) for k in range(len(names))],
                        rotation=90 if len(names) > 10 or max(map(len, names)) > 4 else 0, fontsize=7)

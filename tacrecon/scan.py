@@ -82,10 +82,12 @@ def write_outputs(record: dict[str, Any], data: Dataset, json_path: Any, plot_pa
         title = f"{record['model']}: " + (f"backdoor, class {record['target']} ({record['target_name']})"
                                           if record["backdoored"] else "no backdoor found")
         ratio = record["score"] == "ratio"
-        second = record.get("second_norms") if not ratio else None
+        if "second_relative" in record and not ratio:  # both looks, each norm over its median
+            plot_norms(record["relative"], record["targets"], plot_path, data.classes, title[-90:],
+                       "norm / median norm", second=record["second_relative"], bound=record["second_max_relative"])
+            return
         plot_norms(record["ratios" if ratio else "norms"], record["targets"], plot_path, data.classes, title[-90:],
-                   "||s_k|| / mean per-sample distance" if ratio else "||s_k|| (minimal latent shift)",
-                   second=second, bound=record["second_max_relative"] if second else None)
+                   "||s_k|| / mean per-sample distance" if ratio else "||s_k|| (minimal latent shift)")
 
 
 def evaluate(loaded: LoadedModel, model: torch.nn.Module, data: Dataset) -> dict[str, float]:

@@ -44,7 +44,8 @@ class Row:
     attack_target: int
     seconds: float
     norms: list | None
-    second_norms: list | None = None  # TAC's second look (revision 4+)
+    relative: list | None = None  # norms over their median, and the same for TAC's second look (revision 4+)
+    second_relative: list | None = None
     second_bound: float | None = None
 
 
@@ -63,8 +64,8 @@ def load_rows(out: str | Path) -> tuple[list[Row], int]:
         scores = r.get("scores") or {}
         rows.append(Row(dataset, arch, attack, int(seed[4:]), path.stem, r["after"]["acc"], r["after"]["asr"],
                         r["after"]["ra"], r["der"], r["before"]["acc"], r["before"]["asr"], r["target"],
-                        r["targets"], r["attack_target"], r["seconds"], scores.get("norms"), scores.get("second_norms"),
-                        (r.get("defense_config") or {}).get("second_max_relative")))
+                        r["targets"], r["attack_target"], r["seconds"], scores.get("norms"), scores.get("relative"),
+                        scores.get("second_relative"), (r.get("defense_config") or {}).get("second_max_relative")))
     return rows, failed
 
 
@@ -206,8 +207,12 @@ def write_report(out: str | Path) -> dict[str, str]:
     for r in rows:
         if r.norms:
             path = out / "plots" / f"{r.defense}_{r.dataset}_{r.arch}_{r.attack}_seed{r.seed}.png"
-            plot_norms(r.norms, r.targets, path, title=f"{r.defense} scan: {r.dataset}/{r.arch}/{r.attack} seed {r.seed}",
-                       second=r.second_norms, bound=r.second_bound)
+            title = f"{r.defense} scan: {r.dataset}/{r.arch}/{r.attack} seed {r.seed}"
+            if r.second_relative:  # both looks, each norm over its median
+                plot_norms(r.relative, r.targets, path, title=title, ylabel="norm / median norm",
+                           second=r.second_relative, bound=r.second_bound)
+            else:
+                plot_norms(r.norms, r.targets, path, title=title)
             figures.append((path.stem, path.read_bytes()))
     images = "".join(f"<figure><img src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
                      f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b in figures)
