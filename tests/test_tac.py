@@ -53,13 +53,13 @@ def test_reconstruct_shifts_send_every_clean_sample_to_their_class(digits):
 def test_detect_rules():
     norms = torch.tensor([3.0, 10.0, 10.5, 9.8, 10.2, 9.9, 10.1, 10.4, 9.7, 10.3])
     found = detect(norms)
-    assert found["flagged"] == [0] and found["anomaly_index"][0] > 10 and found["p_value"] < 0.01
+    assert found.flagged == [0] and found.anomaly_index[0] > 10 and found.p_value < 0.01
     flat = torch.tensor([10.0, 10.5, 9.8, 10.2, 9.9, 10.1, 10.4, 9.7, 10.3, 10.6])
-    assert detect(flat)["flagged"] == [] and detect(flat, rule="pvalue")["flagged"] == []
-    assert detect(norms, rule="pvalue")["flagged"] == [0] and detect(norms, rule="both")["flagged"] == [0]
+    assert detect(flat).flagged == [] and detect(flat, rule="pvalue").flagged == []
+    assert detect(norms, rule="pvalue").flagged == [0] and detect(norms, rule="both").flagged == [0]
     two = norms.clone()
     two[5] = 3.2
-    assert detect(two)["flagged"] == [0, 5]  # multi-target: both, most anomalous first
+    assert detect(two).flagged == [0, 5]  # multi-target: both, most anomalous first
     with pytest.raises(TacreconError, match="rule"):
         detect(norms, rule="vote")
 
@@ -68,27 +68,27 @@ def test_detect_relative_gate_ignores_a_tiny_gap_between_tight_norms():
     # a clean model whose classes all lie ~10 apart except one at 9.4: a huge MAD index (the
     # spread is tiny) but only 6% below the median, which is not a backdoor's shortcut
     tight = torch.tensor([9.4, 10.0, 10.02, 9.98, 10.01, 9.99, 10.03, 9.97, 10.0, 10.02])
-    assert detect(tight, max_relative=1.0)["flagged"] == [0]
+    assert detect(tight, max_relative=1.0).flagged == [0]
     found = detect(tight, max_relative=0.8)
-    assert found["flagged"] == [] and found["relative"][0] == pytest.approx(9.4 / 10.0, rel=1e-3)
+    assert found.flagged == [] and found.relative[0] == pytest.approx(9.4 / 10.0, rel=1e-3)
     backdoor = tight.clone()
     backdoor[0] = 5.0
-    assert detect(backdoor, max_relative=0.8)["flagged"] == [0]
+    assert detect(backdoor, max_relative=0.8).flagged == [0]
 
 
 def test_detect_high_side_flags_an_unreachable_class_only_when_asked():
     # SIG at a 10% rate: the target class is reached only at ~1.5x the typical cost
     norms = torch.tensor([15.0, 10.0, 10.5, 9.8, 10.2, 9.9, 10.1, 10.4, 9.7, 10.3])
-    assert detect(norms)["flagged"] == []  # one-sided by default
+    assert detect(norms).flagged == []  # one-sided by default
     found = detect(norms, max_relative=0.85, high_relative=1.25)
-    assert found["flagged"] == [0] and found["unreachable"] == [0] and found["anomaly_index"][0] < -3
+    assert found.flagged == [0] and found.unreachable == [0] and found.anomaly_index[0] < -3
     mild = norms.clone()
     mild[0] = 11.5  # an index far below -3, but only 13% above the median: a hard class, no backdoor
-    assert detect(mild, high_relative=1.25)["flagged"] == []
+    assert detect(mild, high_relative=1.25).flagged == []
     both = norms.clone()
     both[4] = 3.0
-    assert detect(both, max_relative=0.85, high_relative=1.25)["flagged"] == [4, 0]  # the small side first
-    assert detect(norms, rule="pvalue", high_relative=1.25)["flagged"] == []  # the test of the minimum only
+    assert detect(both, max_relative=0.85, high_relative=1.25).flagged == [4, 0]  # the small side first
+    assert detect(norms, rule="pvalue", high_relative=1.25).flagged == []  # the test of the minimum only
 
 
 def test_planted_badnets_found_and_removed(planted, digits):
@@ -228,6 +228,8 @@ def test_prune_to_peak_removes_the_trigger_units_of_an_unreachable_class():
 def test_a_class_flagged_on_the_high_side_is_pruned_to_its_peak(monkeypatch):
     # the repair path of an unreachable class: prune_to_peak, not prune_plan, and only up to the
     # clean-accuracy guard; the latents are the inputs of a one-layer model
+    import dataclasses
+
     import tacrecon.defenses.tac as tac_module
     from torch import nn
 
@@ -245,7 +247,7 @@ def test_a_class_flagged_on_the_high_side_is_pruned_to_its_peak(monkeypatch):
     real = tac_module.detect
 
     def high_side(*args, **kwargs):
-        return {**real(*args, **kwargs), "flagged": [0], "unreachable": [0]}
+        return dataclasses.replace(real(*args, **kwargs), flagged=[0], unreachable=[0])
 
     monkeypatch.setattr(tac_module, "detect", high_side)
     tac = TAC(epochs=0, peak_max_drop=0.0).fit(model, clean)

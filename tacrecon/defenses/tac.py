@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -66,13 +66,49 @@ def universality_ratios(model: Classifier, latents: Tensor, labels: Tensor, qp: 
     return qp.norms / mean.clamp_min(1e-12)
 
 
+@dataclass
+class Detection:
+    """Phase 1b's verdict on per-class norms (C,): see :func:`detect`."""
+
+    anomaly_index: Tensor
+    relative: Tensor
+    p_value: float
+    flagged: list[int]
+    unreachable: list[int]
+
+
+@dataclass
+class Scan:
+    """Phases 1a and 1b on one model (:meth:`TAC.scan`).
+
+    ``qp`` and ``detection`` are the plain QP and its test; ``ratios`` (C,) the universality
+    ratios; ``latents`` (N, d) the clean latents; ``shifts`` (C, d) the TAC s_t of every class
+    (the robust one for a class found only by the second look); ``second`` those classes, with
+    the robust QP and its test in ``second_qp`` and ``second_detection`` (None: no second look).
+    """
+
+    qp: QPResult
+    detection: Detection
+    ratios: Tensor
+    latents: Tensor
+    shifts: Tensor
+    second: list[int] = field(default_factory=list)
+    second_qp: QPResult | None = None
+    second_detection: Detection | None = None
+
+    @property
+    def flagged(self) -> list[int]:
+        """Every flagged class: the plain test's (most anomalous first), then the second look's."""
+        return self.detection.flagged + self.second
+
+
 def detect(norms: Tensor, threshold: float = 3.0, alpha: float = 0.05, rule: str = "mad",
-           max_relative: float = 1.0, high_relative: float = 0.0) -> dict[str, Any]:
+           max_relative: float = 1.0, high_relative: float = 0.0) -> Detection:
     """Phase 1b: flag classes whose norm (C,) is unusually small (or, optionally, large).
 
-    Returns a dict with ``anomaly_index`` (C,), ``relative`` (C,: norm over the median norm),
-    ``p_value`` (of the smallest norm), ``flagged`` (classes, most anomalous first) and
-    ``unreachable`` (the flagged classes of the high side) under ``rule``: ``mad`` (anomaly
+    Returns the :class:`Detection`: ``anomaly_index`` (C,), ``relative`` (C,: norm over the
+    median norm), ``p_value`` (of the smallest norm), ``flagged`` (classes, most anomalous first)
+    and ``unreachable`` (the flagged classes of the high side) under ``rule``: ``mad`` (anomaly
     index > ``threshold``), ``pvalue`` (the minimum, if p < ``alpha``) or ``both`` (either); in
     every rule a class is flagged only if its norm is also below ``max_relative`` times the
     median norm (1: no such gate). With ``high_relative`` > 1 the MAD rule is two-sided: a class
@@ -95,8 +131,7 @@ def detect(norms: Tensor, threshold: float = 3.0, alpha: float = 0.05, rule: str
         finite = torch.isfinite(norms)
         high = [int(k) for k in torch.argsort(index) if finite[k] and index[k] < -threshold
                 and relative[k] > high_relative]
-    return {"anomaly_index": index, "relative": relative, "p_value": p_value, "flagged": flagged + high,
-            "unreachable": high}
+    return Detection(index, relative, p_value, flagged + high, high)
 
 
 def unlearn_loss(shifts: list[Tensor], targets: list[int], beta: float):
@@ -480,8 +515,8 @@ class TAC(Defense):
         """The quantile for the QP: None (the max over samples) when ``quantile`` is 1."""
         return None if self.quantile >= 1 else self.quantile
 
-    def scan(self, model: nn.Module, clean: Split) -> tuple[QPResult, dict[str, Any]]:
-        """Phases 1a and 1b on ``model`` (not modified): the QP result and the detection."""
+    def scan(self, model: nn.Module, clean: Split) -> Scan:
+        """Phases 1a and 1b on ``model`` (not modified)."""
         classifier = as_classifier(model)
         if int(clean.y.max()) >= classifier.num_classes:
             raise TacreconError(f"the clean labels reach class {int(clean.y.max())} but the model has "
@@ -491,39 +526,39 @@ class TAC(Defense):
         ratios = universality_ratios(classifier, z, clean.y, qp, self.bias)
         found = detect(qp.norms if self.score == "norm" else ratios, self.threshold, self.alpha, self.rule,
                        self.max_relative, self.high_relative)
-        found = {**found, "ratios": ratios, "latents": z, "shifts": qp.shifts, "second": [], "second_qp": None}
+        result = Scan(qp, found, ratios, z, qp.shifts)
         if self.second_quantile > 0:
-            found = self.second_look(classifier, clean, z, found)
-        return qp, found
+            self.second_look(classifier, clean, result)
+        return result
 
-    def second_look(self, model: Classifier, clean: Split, latents: Tensor, found: dict[str, Any]) -> dict[str, Any]:
+    def second_look(self, model: Classifier, clean: Split, scan: Scan) -> None:
         """The robust QP (``second_quantile``), read with its own thresholds: the classes it flags
-        that the plain test did not are added (``second``), and their TAC is the robust s_t."""
-        robust = reconstruct(model, clean, self.bias, self.second_quantile, latents)
+        that the plain test did not are added to ``scan.second``, and their TAC is the robust s_t."""
+        robust = reconstruct(model, clean, self.bias, self.second_quantile, scan.latents)
         look = detect(robust.norms, self.second_threshold, max_relative=self.second_max_relative)
-        extra = [k for k in look["flagged"] if k not in found["flagged"]]
-        shifts = found["shifts"].clone()
-        shifts[extra] = robust.shifts[extra]
-        return {**found, "flagged": found["flagged"] + extra, "second": extra, "second_qp": robust,
-                "second_scores": look, "shifts": shifts}
+        scan.second = [k for k in look.flagged if k not in scan.detection.flagged]
+        scan.shifts = scan.shifts.clone()
+        scan.shifts[scan.second] = robust.shifts[scan.second]
+        scan.second_qp, scan.second_detection = robust, look
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
         start = time.perf_counter()
-        qp, found = self.scan(model, clean)
+        scan = self.scan(model, clean)
+        qp, found = scan.qp, scan.detection
         self.stats_["scan_seconds"] = time.perf_counter() - start
         self.stats_["qp_iterations"] = int(qp.iterations.sum())
-        self.scores_ = {"score": self.score, "norms": qp.norms.tolist(), "ratios": found["ratios"].tolist(),
-                        "anomaly_index": found["anomaly_index"].tolist(), "relative": found["relative"].tolist(),
-                        "p_value": found["p_value"], "kkt_residual": float(qp.kkt_residual.nan_to_num(0).max())}
-        if found["second_qp"] is not None:
-            look = found["second_scores"]
-            self.scores_.update(second_norms=found["second_qp"].norms.tolist(),
-                                second_anomaly_index=look["anomaly_index"].tolist(),
-                                second_relative=look["relative"].tolist())
-        self.shifts_ = found["shifts"]
-        self.targets_ = found["flagged"]
-        self.unreachable_ = found["unreachable"]
-        self.second_ = found["second"]
+        self.scores_ = {"score": self.score, "norms": qp.norms.tolist(), "ratios": scan.ratios.tolist(),
+                        "anomaly_index": found.anomaly_index.tolist(), "relative": found.relative.tolist(),
+                        "p_value": found.p_value, "kkt_residual": float(qp.kkt_residual.nan_to_num(0).max())}
+        if scan.second_qp is not None:
+            look = scan.second_detection
+            self.scores_.update(second_norms=scan.second_qp.norms.tolist(),
+                                second_anomaly_index=look.anomaly_index.tolist(),
+                                second_relative=look.relative.tolist())
+        self.shifts_ = scan.shifts
+        self.targets_ = scan.flagged
+        self.unreachable_ = found.unreachable
+        self.second_ = scan.second
         self.target_ = self.targets_[0] if self.targets_ else None
         targets = [self.force_target] if self.force_target >= 0 else self.targets_
         if not targets or not self.repair:
@@ -535,7 +570,7 @@ class TAC(Defense):
                           schedule="cosine", crop_padding=pad, flip=False, progress=True, weight_decay=5e-4)
         hook = self.surrogates(classifier, clean, targets, self.shifts_, generator)
         if self.method == "prune":
-            self.prune_and_finetune(classifier, clean, targets, found["latents"], cfg, generator, hook)
+            self.prune_and_finetune(classifier, clean, targets, scan.latents, cfg, generator, hook)
         else:
             unlearn(classifier, clean, targets, self.shifts_[targets].float(), cfg, self.beta, self.recompute,
                     self.freeze_head, generator, self.bias, self.quantile_or_none, hook)
