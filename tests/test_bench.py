@@ -238,36 +238,93 @@ def test_two_workers(tmp_path):
     assert len(records) == 2
 
 
-def hand_cell(out, attack, seed, defense, acc, asr, der, target=None, norms=None):
-    path = out / "cells" / "cifar10" / "resnet_small" / attack / f"seed{seed}" / f"{defense}.json"
+def hand_cell(out, attack, seed, defense, acc, asr, der, target=None, norms=None, folder=None, params=None,
+              dataset="cifar10"):
+    path = out / "cells" / dataset / "resnet_small" / (folder or attack) / f"seed{seed}" / f"{defense}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"before": {"acc": 0.85, "asr": None if attack == "none" else 0.95},
+    path.write_text(json.dumps({"attack": attack, "before": {"acc": 0.85, "asr": None if attack == "none" else 0.95},
                                 "after": {"acc": acc, "asr": asr, "ra": None}, "der": der, "target": target,
                                 "targets": [] if target is None else [target], "attack_target": 0, "seconds": 1.0,
-                                "scores": {"norms": norms} if norms else None}))
+                                "scores": {"norms": norms} if norms else None,
+                                "request": {"defense_params": params or {}}}))
+    return path
 
 
 def test_report_on_a_hand_made_folder(tmp_path):
     for seed, (a, b) in enumerate([(0.80, 0.02), (0.82, 0.04)]):
         hand_cell(tmp_path, "badnets", seed, "none", 0.85, 0.95, 0.5)
         hand_cell(tmp_path, "badnets", seed, "tac", a, b, 0.7, target=0, norms=[1.0, 5.0, 5.1])
+        hand_cell(tmp_path, "badnets", seed, "ft", 0.84, 0.60, 0.6)
         hand_cell(tmp_path, "none", seed, "tac", 0.86, None, None, target=1 if seed else None, norms=[5.0, 1.0, 5.1])
-    (tmp_path / "cells/cifar10/resnet_small/badnets/seed0/ft.failed.json").write_text("{}")
+    hand_cell(tmp_path, "badnets", 0, "ft", 0.84, 0.60, 0.6, dataset="gtsrb")
+    (tmp_path / "cells/cifar10/resnet_small/badnets/seed0/nc.failed.json").write_text("{}")
     texts = write_report(tmp_path)
     md = texts["md"]
-    assert "6 finished cells, 1 failed" in md
-    assert "| attack | seeds | none | tac |" in md
-    assert "| none | 2 |  | 86.0±0.0 |" in md
-    assert "| badnets | 2 | 85.0±0.0 / 95.0±0.0 | **81.0±1.4 / 3.0±1.4** |" in md
+    assert "9 finished cells, 1 failed" in md
+    assert "### cifar10 / resnet_small" in md and "### gtsrb / resnet_small" in md
+    assert "| attack | seeds | none | tac | ft |" in md
+    assert "| none | 2 |  | 86.0±0.0 |  |" in md
+    assert "| badnets | 2 | 85.0±0.0 / 95.0±0.0 | **81.0±1.4 / 3.0±1.4** | 84.0±0.0 / 60.0±0.0 |" in md
     assert "| cifar10/resnet_small | none | FP 1/2 |" in md and "| cifar10/resnet_small | badnets | 2/2 |" in md
-    assert texts["csv"].count("\n") == 7
-    assert (tmp_path / "asr_vs_acc.png").stat().st_size > 1000
+    assert texts["csv"].count("\n") == 10
+    for name in ("asr_vs_acc_cifar10_resnet_small.png", "asr_vs_acc_gtsrb_resnet_small.png"):
+        assert (tmp_path / name).stat().st_size > 1000  # one scatter per data set and architecture
     assert len(list((tmp_path / "plots").glob("tac_*.png"))) == 4
-    assert texts["html"].count("data:image/png;base64") == 5
+    assert texts["html"].count("data:image/png;base64") == 6
+
+
+def test_report_bold_needs_a_rival_a_gain_and_every_seed(tmp_path):
+    for seed in (0, 1):
+        hand_cell(tmp_path, "badnets", seed, "none", 0.85, 0.95, 0.5)
+        hand_cell(tmp_path, "blended", seed, "none", 0.85, 0.95, 0.5)
+        hand_cell(tmp_path, "blended", seed, "ft", 0.85, 0.95, 0.5)  # changed nothing
+        hand_cell(tmp_path, "blended", seed, "fp", 0.85, 0.97, 0.49)
+        hand_cell(tmp_path, "wanet", seed, "none", 0.85, 0.95, 0.5)
+        hand_cell(tmp_path, "wanet", seed, "ft", 0.84, 0.10, 0.92)
+        hand_cell(tmp_path, "wanet", seed, "fp", 0.84, 0.10, 0.92)
+    hand_cell(tmp_path, "badnets", 0, "ft", 0.84, 0.50, 0.7)  # the grid has not reached seed 1 yet
+    hand_cell(tmp_path, "badnets", 0, "fp", 0.80, 0.50, 0.6)
+    hand_cell(tmp_path, "badnets", 1, "fp", 0.80, 0.50, 0.6)
+    md = write_report(tmp_path)["md"]
+    # a cell over fewer seeds is marked and does not compete; a lone rival is not bold
+    assert "| badnets | 2 | 85.0±0.0 / 95.0±0.0 | 80.0±0.0 / 50.0±0.0 | 84.0 / 50.0 [1] |" in md
+    assert "[n]: over only n" in md
+    assert "| blended | 2 | 85.0±0.0 / 95.0±0.0 | 85.0±0.0 / 97.0±0.0 | 85.0±0.0 / 95.0±0.0 |" in md  # no gain
+    assert "| wanet | 2 | 85.0±0.0 / 95.0±0.0 | **84.0±0.0 / 10.0±0.0** | **84.0±0.0 / 10.0±0.0** |" in md  # a tie
+
+
+def test_report_reads_the_attack_from_the_result_not_the_folder(tmp_path):
+    # an overridden train budget puts a hash on every folder, the clean model's too
+    hand_cell(tmp_path, "none", 0, "tac", 0.86, None, None, target=0, norms=[1.0, 5.0, 5.1], folder="none-abcdef12")
+    hand_cell(tmp_path, "badnets", 0, "tac", 0.80, 0.02, 0.7, target=0, folder="badnets-abcdef12")
+    md = write_report(tmp_path)["md"]
+    assert "| cifar10/resnet_small | none-abcdef12 | FP 1/1 |" in md  # a false positive, not a detection
+    assert md.index("| none-abcdef12 | 1 |") < md.index("| badnets-abcdef12 | 1 |")
+
+
+def test_report_names_what_a_hashed_defense_overrides(tmp_path):
+    hand_cell(tmp_path, "badnets", 0, "tac-0f8d7a6c", 0.80, 0.02, 0.7, params={"threshold": 2.5})
+    assert "tac-0f8d7a6c = threshold=2.5" in write_report(tmp_path)["md"]
+
+
+def test_report_counts_a_stale_cell_whose_rerun_failed_as_failed(tmp_path):
+    path = hand_cell(tmp_path, "badnets", 0, "ft", 0.84, 0.50, 0.7)
+    hand_cell(tmp_path, "badnets", 0, "none", 0.85, 0.95, 0.5)
+    path.with_name("ft.failed.json").write_text("{}")
+    md = write_report(tmp_path)["md"]
+    assert "1 finished cells, 1 failed" in md and "| ft |" not in md
 
 
 def test_report_errors(tmp_path):
     with pytest.raises(TacreconError, match="not a bench output folder"):
+        write_report(tmp_path)
+    cell = tmp_path / "cells/cifar10/resnet_small/badnets/seed0/ft.json"
+    cell.parent.mkdir(parents=True)
+    cell.write_text(json.dumps({"after": {"acc": 0.8}}))
+    with pytest.raises(TacreconError, match=r"ft.json: not a cell result \(missing or malformed 'asr'\)"):
+        write_report(tmp_path)
+    cell.rename(tmp_path / "cells/cifar10/resnet_small/badnets/ft.json")
+    with pytest.raises(TacreconError, match="ft.json: not a cell result"):
         write_report(tmp_path)
 
 
@@ -286,11 +343,3 @@ def test_ray_backend_matches_local(tmp_path):
     a, b = results(tmp_path / "local"), results(tmp_path / "ray")
     for name in a:
         assert a[name]["after"] == b[name]["after"], name
-
-
-def test_report_marks_a_cell_with_fewer_seeds_than_its_row(tmp_path):
-    for seed in (0, 1):
-        hand_cell(tmp_path, "badnets", seed, "none", 0.85, 0.95, 0.5)
-    hand_cell(tmp_path, "badnets", 0, "ft", 0.84, 0.50, 0.7)  # the grid has not reached seed 1 yet
-    md = write_report(tmp_path)["md"]
-    assert "| badnets | 2 | 85.0±0.0 / 95.0±0.0 | **84.0 / 50.0 [1]** |" in md and "[n]: over only n" in md

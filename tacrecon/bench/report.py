@@ -1,10 +1,11 @@
 """``tacrecon report DIR``: the grid's table (attacks x defenses, mean +- std over seeds), plots.
 
 Every cell shows ``ACC / ASR`` after the defense (percent); the best defense of each attacked row
-(highest mean DER) is in bold. A second table gives the detection of the defenses that flag a
-class (TAC, NC): on backdoored models how often the attack's target was flagged, on clean models
-how often any class was (false positives). Files written into DIR: report.md, report.csv,
-report.html (one self-contained page with the plots inlined), asr_vs_acc.png, plots/tac_*.png.
+(highest mean DER over the row's seeds, above 0.5) is in bold. A second table gives the
+detection of the defenses that flag a class (TAC, NC): on backdoored models how often the attack's
+target was flagged, on clean models how often any class was (false positives). Files written into
+DIR: report.md, report.csv, report.html (one self-contained page with the plots inlined),
+asr_vs_acc_<dataset>_<arch>.png, plots/<defense>_*.png (per-class norms of the scans).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Row:
 
     dataset: str
     arch: str
-    attack: str
+    attack: str  # the attack's folder: its name, with -<hash> when its parameters are overridden
     seed: int
     defense: str
     acc: float
@@ -47,10 +48,16 @@ class Row:
     relative: list | None = None  # norms over their median, and the same for TAC's second look (revision 4+)
     second_relative: list | None = None
     second_bound: float | None = None
+    clean: bool = False  # the attack is ``none``: a flagged class is a false positive
+    defense_params: dict | None = None  # the overrides that a -<hash> in ``defense`` stands for
 
 
 def load_rows(out: str | Path) -> tuple[list[Row], int]:
-    """Every finished cell under ``out/cells`` and the number of failed ones."""
+    """Every finished cell under ``out/cells`` and the number of failed ones.
+
+    A cell whose latest run failed counts as failed even where an older result of it (made under
+    another config or code revision) is still in place.
+    """
     root = Path(out) / "cells"
     if not root.is_dir():
         raise TacreconError(f"{out}: no cells/ folder (not a bench output folder)")
@@ -58,15 +65,27 @@ def load_rows(out: str | Path) -> tuple[list[Row], int]:
     for path in sorted(root.rglob("*.json")):
         if path.name.endswith(FAILED_SUFFIX):
             failed += 1
-            continue
-        r = read_json(path)
-        dataset, arch, attack, seed = path.relative_to(root).parts[:4]
-        scores = r.get("scores") or {}
-        rows.append(Row(dataset, arch, attack, int(seed[4:]), path.stem, r["after"]["acc"], r["after"]["asr"],
-                        r["after"]["ra"], r["der"], r["before"]["acc"], r["before"]["asr"], r["target"],
-                        r["targets"], r["attack_target"], r["seconds"], scores.get("norms"), scores.get("relative"),
-                        scores.get("second_relative"), (r.get("defense_config") or {}).get("second_max_relative")))
+        elif not path.with_name(path.stem + FAILED_SUFFIX).exists():
+            rows.append(read_row(root, path))
     return rows, failed
+
+
+def read_row(root: Path, path: Path) -> Row:
+    """The :class:`Row` of the cell result at ``path`` (``root``/dataset/arch/attack/seedN/defense.json)."""
+    parts = path.relative_to(root).parts
+    if len(parts) != 5 or not parts[3].startswith("seed") or not parts[3][4:].isdigit():
+        raise TacreconError(f"{path}: not a cell result (cells/<dataset>/<arch>/<attack>/seed<N>/<defense>.json)")
+    dataset, arch, attack, seed = parts[:4]
+    r = read_json(path)
+    try:
+        scores = r.get("scores") or {}
+        return Row(dataset, arch, attack, int(seed[4:]), path.stem, r["after"]["acc"], r["after"]["asr"],
+                   r["after"]["ra"], r["der"], r["before"]["acc"], r["before"]["asr"], r["target"], r["targets"],
+                   r["attack_target"], r["seconds"], scores.get("norms"), scores.get("relative"),
+                   scores.get("second_relative"), (r.get("defense_config") or {}).get("second_max_relative"),
+                   r["attack"] == "none", (r.get("request") or {}).get("defense_params"))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise TacreconError(f"{path}: not a cell result (missing or malformed {e})") from None
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -92,7 +111,8 @@ def tables(rows: list[Row]) -> list[dict[str, Any]]:
     for dataset, arch in sorted({(r.dataset, r.arch) for r in rows}):
         sub = [r for r in rows if (r.dataset, r.arch) == (dataset, arch)]
         defenses = order({r.defense for r in sub}, ["none", "tac"])
-        attacks = order({r.attack for r in sub}, ["none"])
+        clean = {r.attack for r in sub if r.clean}
+        attacks = sorted({r.attack for r in sub}, key=lambda a: (a not in clean, a))
         body, bold = [], []
         for attack in attacks:
             cells, ders = [], []
@@ -108,13 +128,23 @@ def tables(rows: list[Row]) -> list[dict[str, Any]]:
                 done = len({r.seed for r in group})
                 cells.append(text if done == seeds else f"{text} [{done}]")  # a grid still running
                 d_values = [r.der for r in group if r.der is not None]
-                ders.append(statistics.fmean(d_values) if d_values else None)
-            best = max((i for i, v in enumerate(ders) if v is not None), key=lambda i: ders[i], default=None)
+                full = done == seeds and d != "none"  # the attacked model itself is the reference, not a rival
+                ders.append(statistics.fmean(d_values) if d_values and full else None)
             body.append([attack, str(seeds), *cells])
-            bold.append(best)
+            bold.append(best_cells(ders))
         out.append({"title": f"{dataset} / {arch}", "header": ["attack", "seeds", *defenses], "body": body,
                     "bold": bold})
     return out
+
+
+def best_cells(ders: list[float | None]) -> list[int]:
+    """Positions of the row's best mean DER (ties within 0.0005 all count), among at least two
+    defenses with a DER; none when no defense beats doing nothing (DER 0.5)."""
+    values = [(i, v) for i, v in enumerate(ders) if v is not None]
+    if len(values) < 2:
+        return []
+    top = max(v for _, v in values)
+    return [i for i, v in values if v > 0.5 and v >= top - 5e-4]
 
 
 def detection(rows: list[Row]) -> dict[str, Any] | None:
@@ -123,26 +153,36 @@ def detection(rows: list[Row]) -> dict[str, Any] | None:
     if not detectors:
         return None
     body = []
-    for key in sorted({(r.dataset, r.arch, r.attack) for r in rows}, key=lambda k: (k[0], k[1], k[2] != "none", k[2])):
+    clean = {(r.dataset, r.arch, r.attack) for r in rows if r.clean}
+    for key in sorted({(r.dataset, r.arch, r.attack) for r in rows}, key=lambda k: (k[0], k[1], k not in clean, k[2])):
         cells = []
         for d in detectors:
             group = [r for r in rows if (r.dataset, r.arch, r.attack) == key and r.defense == d]
             if not group:
                 cells.append("")
-            elif key[2] == "none":
+            elif key in clean:
                 cells.append(f"FP {sum(bool(r.targets) for r in group)}/{len(group)}")
             else:
                 cells.append(f"{sum(r.attack_target in r.targets for r in group)}/{len(group)}")
         body.append([f"{key[0]}/{key[1]}", key[2], *cells])
     return {"title": "detection (target flagged / models; FP = clean models flagged)",
-            "header": ["data/arch", "attack", *detectors], "body": body, "bold": [None] * len(body)}
+            "header": ["data/arch", "attack", *detectors], "body": body, "bold": [[] for _ in body]}
+
+
+def legend(rows: list[Row]) -> str | None:
+    """What each ``<defense>-<hash>`` column stands for (its overrides); None when there is none."""
+    named = {r.defense: r.defense_params for r in rows if r.defense_params}
+    if not named:
+        return None
+    return "Overridden defenses: " + "; ".join(
+        f"{name} = {', '.join(f'{k}={v}' for k, v in sorted(params.items()))}" for name, params in sorted(named.items()))
 
 
 def markdown(table: dict[str, Any]) -> str:
     lines = [f"### {table['title']}", "", "| " + " | ".join(table["header"]) + " |",
              "|" + "|".join("---" for _ in table["header"]) + "|"]
     for row, best in zip(table["body"], table["bold"]):
-        cells = [f"**{c}**" if best is not None and i == best + 2 else c for i, c in enumerate(row)]
+        cells = [f"**{c}**" if i - 2 in best else c for i, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -151,14 +191,15 @@ def html_table(table: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table["header"])
     rows = []
     for row, best in zip(table["body"], table["bold"]):
-        cells = "".join(f"<td><b>{html.escape(c)}</b></td>" if best is not None and i == best + 2
+        cells = "".join(f"<td><b>{html.escape(c)}</b></td>" if i - 2 in best
                         else f"<td>{html.escape(c)}</td>" for i, c in enumerate(row))
         rows.append(f"<tr>{cells}</tr>")
     return f"<h3>{html.escape(table['title'])}</h3><table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def scatter_png(rows: list[Row]) -> bytes | None:
-    """ASR vs ACC after the defense, one colour per defense (attacked models only)."""
+def scatter_png(rows: list[Row], title: str) -> bytes | None:
+    """ASR vs ACC after the defense, one colour per defense (attacked models only; one data set
+    and architecture, ``title``)."""
     points = [r for r in rows if r.asr is not None]
     if not points:
         return None
@@ -170,7 +211,7 @@ def scatter_png(rows: list[Row]) -> bytes | None:
                    s=60 if d == "tac" else 30, alpha=0.8)
     ax.set_xlabel("clean accuracy after defense (%)")
     ax.set_ylabel("attack success rate after defense (%)")
-    ax.set_title("each point: one attacked model, one defense (down-right is better)", fontsize=9)
+    ax.set_title(f"{title}: each point one attacked model, one defense (down-right is better)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return png_bytes(fig, dpi=110)
@@ -195,15 +236,18 @@ def write_report(out: str | Path) -> dict[str, str]:
         raise TacreconError(f"{out}: no finished cell to report" + (f" ({failed} failed)" if failed else ""))
     blocks = tables(rows)
     found = detection(rows)
+    names = legend(rows)
     note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
             + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds ([n]: over only n of the row's "
-            "seeds, the rest not run yet); bold: the highest DER of the row.")
-    md = "\n\n".join([note, *(markdown(t) for t in blocks), *([markdown(found)] if found else [])]) + "\n"
+            "seeds, the rest not run yet); bold: the highest DER of the row (above 0.5, over all its seeds).")
+    md = "\n\n".join([note, *(markdown(t) for t in blocks), *([markdown(found)] if found else []),
+                       *([names] if names else [])]) + "\n"
     figures = []
-    png = scatter_png(rows)
-    if png:
-        atomic_write_bytes(out / "asr_vs_acc.png", png)
-        figures.append(("ASR vs ACC after each defense", png))
+    for dataset, arch in sorted({(r.dataset, r.arch) for r in rows}):
+        png = scatter_png([r for r in rows if (r.dataset, r.arch) == (dataset, arch)], f"{dataset}/{arch}")
+        if png:
+            atomic_write_bytes(out / f"asr_vs_acc_{dataset}_{arch}.png", png)
+            figures.append((f"ASR vs ACC after each defense, {dataset}/{arch}", png))
     for r in rows:
         if r.norms:
             path = out / "plots" / f"{r.defense}_{r.dataset}_{r.arch}_{r.attack}_seed{r.seed}.png"
@@ -220,7 +264,8 @@ def write_report(out: str | Path) -> dict[str, str]:
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:3px 8px;text-align:right}figure{display:inline-block;margin:1em}</style></head><body>"
             f"<h2>tacrecon benchmark report</h2><p>{html.escape(note)}</p>"
-            + "".join(html_table(t) for t in blocks) + (html_table(found) if found else "") + images + "</body></html>")
+            + "".join(html_table(t) for t in blocks) + (html_table(found) if found else "")
+            + (f"<p>{html.escape(names)}</p>" if names else "") + images + "</body></html>")
     texts = {"md": md, "html": page, "csv": csv_text(rows)}
     for fmt_name, text in texts.items():
         atomic_write_bytes(out / f"report.{fmt_name}", text.encode())
