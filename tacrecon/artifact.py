@@ -7,11 +7,12 @@ Layout of an artifact folder::
     attack.json                     attack name and config, ACC/ASR/RA, seconds, provenance
 
 ``attack.json`` is written last, atomically: a folder without it is incomplete (a killed run)
-and is redone; a folder with it is reused without retraining.
+and is redone; a folder with it is reused without retraining, if it was made with the same inputs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -63,15 +64,20 @@ def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str
                train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a backdoored ``arch`` on ``dataset`` with attack ``name`` and save the artifact.
 
-    A complete artifact at ``out`` is reused as is; an incomplete one is deleted and redone.
-    Returns the attack.json record.
+    A complete artifact at ``out`` made with the same inputs is reused as is (one made with
+    others is an error naming them); an incomplete one is deleted and redone. Returns the
+    attack.json record.
     """
     out = Path(out)
-    if is_complete(out):
-        log.info("reusing the complete artifact in %s", out)
-        return read_json(out / ATTACK_JSON)
     attack = create_attack(name, **(attack_kwargs or {}))
     cfg = default_train_config(dataset, **(train_overrides or {}))
+    if is_complete(out):
+        record = read_json(out / ATTACK_JSON)
+        asked = {"attack": attack.name, "dataset": dataset, "arch": arch, "seed": seed,
+                 "attack_config": attack.to_dict(), "train_config": cfg.to_dict()}
+        check_reusable(out, record, asked)
+        log.info("reusing the complete artifact in %s", out)
+        return record
     data = load_dataset(dataset, root=root, device=device)
     if out.exists():
         log.warning("%s holds an incomplete artifact: redoing it", out)
@@ -89,6 +95,26 @@ def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str
               "provenance": provenance(device)}
     save_artifact(out, model, attack, index, record, kwargs, data)
     return record
+
+
+def check_reusable(out: Path, record: dict[str, Any], asked: dict[str, Any]) -> None:
+    """Raise unless the stored ``record`` was made with the inputs ``asked`` (attack, dataset,
+    arch, seed, resolved attack and train configs; the progress bar setting does not count)."""
+    def flat(d: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in json.loads(json.dumps(d)).items():  # tuples read back as lists
+            if isinstance(v, dict):
+                out.update({f"{k}.{kk}": vv for kk, vv in v.items() if kk != "progress"})
+            else:
+                out[k] = v
+        return out
+
+    stored, wanted = flat({k: record.get(k) for k in asked}), flat(asked)
+    diff = [f"{k}: {stored.get(k)!r} stored, {wanted.get(k)!r} asked" for k in sorted(set(stored) | set(wanted))
+            if stored.get(k) != wanted.get(k)]
+    if diff:
+        raise TacreconError(f"{out} holds an artifact made with other inputs ({'; '.join(diff)}): "
+                            "use another folder, or delete it to retrain")
 
 
 def save_artifact(out: Path, model: nn.Module, attack: Attack, index: Tensor, record: dict[str, Any],

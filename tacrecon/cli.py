@@ -1,6 +1,7 @@
 """Command line: ``tacrecon {train,attack,scan,repair,defend,bench,report,list,demo}``. The only place that picks a device.
 
-Bad input of any kind prints one line ``tacrecon: error: ...`` and exits with code 2.
+Bad input of any kind prints one line ``tacrecon: error: ...`` and exits with code 2; ``bench``
+exits with 1 when some cells failed (each has its ``.failed.json``) and the others ran.
 """
 
 from __future__ import annotations
@@ -289,13 +290,16 @@ COMMANDS = {"train": cmd_train, "attack": cmd_attack, "scan": cmd_scan, "repair"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the CLI; returns the exit code (0 ok, 1 some bench cells failed, 2 bad input, 130 interrupted)."""
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
         return COMMANDS[args.command](args)
     except TacreconError as e:
+        print(f"tacrecon: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read or written: the user's to fix, not a traceback
         print(f"tacrecon: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

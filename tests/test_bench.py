@@ -33,6 +33,10 @@ def write(tmp_path, config, name="grid.yaml"):
     ({"grids": [{**TINY["grids"][0], "train": {"epoch": 1}}]}, "unknown TrainConfig key(s): epoch"),
     ({"grids": [{**TINY["grids"][0], "budget": "huge"}]}, "no budget 'huge'"),
     ({"grids": []}, "at least one grid"),
+    ({"grids": [{**TINY["grids"][0], "clean_fraction": 0.1}]}, "clean_fraction or clean_n, not both"),
+    ({"grids": [{**TINY["grids"][0], "clean_n": True}]}, "clean_n must be a positive integer"),
+    ({"grids": [{**{k: v for k, v in TINY["grids"][0].items() if k != "clean_n"}, "clean_fraction": 1.5}]},
+     "clean_fraction must be a number in (0, 1]"),
     ({"nmae": "x"}, "unknown BenchConfig key(s): nmae"),
 ])
 def test_config_errors_name_the_key(tmp_path, change, message):
@@ -48,6 +52,29 @@ def test_config_file_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("grids: [\n")
     with pytest.raises(TacreconError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_config_file_that_cannot_be_read(tmp_path):
+    with pytest.raises(TacreconError, match="is a folder, not a config file"):
+        load_config(tmp_path)
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(TacreconError, match="not valid YAML"):
+        load_config(tmp_path / "binary.yaml")
+    (tmp_path / "bad.yaml").write_text("name: x\ngrids: [\n")
+    with pytest.raises(TacreconError, match="bad.yaml"):  # the YAML error's position names the file
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_clean_fraction_one_is_a_number():
+    grid = {**{k: v for k, v in TINY["grids"][0].items() if k != "clean_n"}, "clean_fraction": 1}
+    assert BenchConfig.from_dict({**TINY, "grids": [grid]}).grids[0].clean_fraction == 1.0
+
+
+def test_two_grids_defining_one_cell_differently_are_an_error():
+    other = {**TINY["grids"][0], "clean_n": 32}
+    with pytest.raises(TacreconError, match=r"defined twice, differently \(clean_n 64 vs 32\)"):
+        expand(BenchConfig.from_dict({**TINY, "grids": [TINY["grids"][0], other]}))
+    assert len(expand(BenchConfig.from_dict({**TINY, "grids": [TINY["grids"][0]] * 2}))) == 2  # the same: shared
 
 
 def test_shipped_configs_load():
@@ -76,6 +103,21 @@ def test_expand_and_only():
     assert [c.defense for c in runner.select(cells, only)] == ["ft"]
     with pytest.raises(TacreconError, match="--only expects"):
         parse_only(["colour=red"])
+
+
+def test_only_names_a_value_the_config_does_not_have(tmp_path):
+    config = BenchConfig.from_dict(TINY)
+    with pytest.raises(TacreconError, match=r"--only attack=badnet: not in this config \(badnets\)"):
+        plan(config, tmp_path, parse_only(["attack=badnet,badnets"]))
+
+
+def test_bad_folders_and_threads_are_errors(tmp_path):
+    config = BenchConfig.from_dict(TINY)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(TacreconError, match="is a file, not a folder"):
+        run_grid(config, tmp_path / "file" / "out", dry_run=True)
+    with pytest.raises(TacreconError, match="--threads must be >= 1"):
+        run_grid(config, tmp_path / "out", threads=0)
 
 
 def results(out):
@@ -145,8 +187,45 @@ def test_conflicting_inputs_are_an_error(tmp_path):
     out = tmp_path / "out"
     run_grid(config, out, only={"defense": ["none"]}, progress=False)
     other = BenchConfig.from_dict({**TINY, "grids": [{**TINY["grids"][0], "clean_n": 32}]})
-    with pytest.raises(TacreconError, match="made by other inputs"):
+    with pytest.raises(TacreconError, match=r"made by other inputs \(clean_n: 64 stored, 32 asked\)"):
         plan(other, out)
+
+
+def test_an_artifact_made_with_other_inputs_is_not_reused(tmp_path):
+    config = BenchConfig.from_dict(TINY)
+    out = tmp_path / "out"
+    run_grid(config, out, only={"defense": ["none"]}, progress=False)
+    stronger = {**TINY["grids"][0], "attack_params": {"badnets": {"rate": 0.3}}}
+    cell = expand(BenchConfig.from_dict({**TINY, "grids": [stronger]}))[1]
+    # as if the artifact had been made by hand (or by an older recipe) into the default's folder
+    result = runner.artifact_job(cell, str(out), str(out / "artifacts" / "x"), None, "cpu", 1, False)
+    assert result["ok"]
+    made = cell.artifact_path(out / "artifacts" / "x")
+    default = expand(config)[0].artifact_path(out / "artifacts")
+    for f in made.iterdir():
+        (default / f.name).write_bytes(f.read_bytes())
+    (out / "cells").rename(tmp_path / "old_cells")
+    summary = run_grid(config, out, only={"defense": ["none"]}, progress=False)
+    assert summary["failed"] == 1
+    error = json.loads(next((out / "cells").rglob("none.failed.json")).read_text())["error"]
+    assert "made with other inputs (attack_config.rate: 0.3 stored, 0.1 asked)" in error
+
+
+def test_a_worker_that_dies_fails_its_cell_and_the_grid_goes_on(tmp_path, monkeypatch):
+    config = BenchConfig.from_dict({**TINY, "grids": [{**TINY["grids"][0], "attacks": ["badnets", "blended"]}]})
+
+    class Dying(runner.Inline):
+        def result(self, handle):
+            out = handle.result()
+            if "/badnets-" in out.get("label", "") and out["label"].endswith("/ft"):
+                raise RuntimeError("worker killed (simulated)")
+            return out
+
+    monkeypatch.setattr(runner, "make_backend", lambda *args: Dying())
+    summary = run_grid(config, tmp_path, progress=False)
+    assert summary["done"] == 3 and summary["failed"] == 1
+    failed = json.loads(next(tmp_path.rglob("ft.failed.json")).read_text())
+    assert failed["error"].startswith("worker lost: RuntimeError") and failed["provenance"]["device"].startswith("cpu")
 
 
 def test_a_cell_made_with_another_default_is_run_again(tmp_path):

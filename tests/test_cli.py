@@ -1,10 +1,13 @@
 """CLI: exit codes and one-line errors; train and attack write their files."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tacrecon.cli import main
+
+ROOT = Path(__file__).parents[1]
 
 
 def run(capsys, *argv):
@@ -36,9 +39,16 @@ def isolated(monkeypatch, tmp_path):
     (["attack", "badnets", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--target", "12"], "outside 0..9"),
     (["attack", "badnets", "--dataset", "digits", "--arch", "test_cnn", "--out", "o", "--poison-rate", "0"], "rate"),
     ([], "required: command"),
+    (["bench", ".", "--out", "o"], "is a folder, not a config file"),
+    (["bench", "grid.yaml", "--out", "o"], "no such config file"),
+    (["bench", "smoke.yaml", "--out", "o", "--only", "attack=badnet"], "--only attack=badnet: not in this config"),
+    (["bench", "smoke.yaml", "--out", "o", "--threads", "-1"], "--threads must be >= 1"),
+    (["bench", "smoke.yaml", "--out", "smoke.yaml/x", "--dry-run"], "is a file, not a folder"),
+    (["report", "."], "not a bench output folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke.yaml").write_text((ROOT / "configs" / "smoke.yaml").read_text())
     code, out, err = run(capsys, *argv)
     assert code == 2
     assert err.startswith("tacrecon: error: ") and message in err

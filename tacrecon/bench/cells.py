@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tacrecon.bench.config import BenchConfig
+from tacrecon.errors import TacreconError
 
 FAILED_SUFFIX = ".failed.json"
 
@@ -81,7 +82,11 @@ class Cell:
 
 
 def expand(config: BenchConfig) -> list[Cell]:
-    """Every cell of every grid, in a stable order, without duplicates."""
+    """Every cell of every grid, in a stable order, without duplicates.
+
+    Two grids may share cells; a cell they define differently (another budget or clean set,
+    which its path does not carry) is an error: both would write the same file.
+    """
     cells: dict[str, Cell] = {}
     for grid in config.grids:
         for dataset in grid.datasets:
@@ -92,7 +97,12 @@ def expand(config: BenchConfig) -> list[Cell]:
                             cell = Cell(dataset, arch, attack, seed, defense, grid.budget,
                                         dict(grid.attack_params.get(attack, {})), dict(grid.train),
                                         dict(grid.defense_params.get(defense, {})), grid.clean_fraction, grid.clean_n)
-                            cells.setdefault(cell.label, cell)
+                            first = cells.setdefault(cell.label, cell)
+                            if first.key != cell.key:
+                                diff = ", ".join(f"{k} {first.key[k]!r} vs {cell.key[k]!r}" for k in cell.key
+                                                 if first.key[k] != cell.key[k])
+                                raise TacreconError(f"cell {cell.label} is defined twice, differently ({diff}): "
+                                                    "split such grids into two configs with their own --out")
     return list(cells.values())
 
 

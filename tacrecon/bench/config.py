@@ -92,10 +92,16 @@ class Grid(Config):
             create_attack(name, **values)
         for name in self.defenses:
             create_defense(name, self.budget, **self.defense_params.get(name, {}))
-        if self.clean_fraction is not None and not (isinstance(self.clean_fraction, float) and 0 < self.clean_fraction <= 1):
-            raise TacreconError(f"clean_fraction must be a number in (0, 1], got {self.clean_fraction!r}")
-        if self.clean_n is not None and not (isinstance(self.clean_n, int) and self.clean_n > 0):
-            raise TacreconError(f"clean_n must be a positive integer, got {self.clean_n!r}")
+        fraction, n = self.clean_fraction, self.clean_n
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                     or not 0 < fraction <= 1):
+            raise TacreconError(f"clean_fraction must be a number in (0, 1], got {fraction!r}")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise TacreconError(f"clean_n must be a positive integer, got {n!r}")
+        if fraction is not None and n is not None:
+            raise TacreconError(f"give clean_fraction or clean_n, not both (got {fraction} and {n})")
+        if isinstance(fraction, int):
+            self.clean_fraction = float(fraction)
 
 
 @dataclass
@@ -126,10 +132,15 @@ def load_config(path: str | Path) -> BenchConfig:
     """Parse and validate the YAML grid config at ``path``."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open(encoding="utf-8") as f:
+            raw = yaml.safe_load(f)  # marks in errors name the file
     except FileNotFoundError:
         raise TacreconError(f"{path}: no such config file") from None
-    except yaml.YAMLError as e:
+    except IsADirectoryError:
+        raise TacreconError(f"{path}: is a folder, not a config file") from None
+    except OSError as e:
+        raise TacreconError(f"{path}: cannot read the config ({e.strerror or e})") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
         raise TacreconError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(raw, dict):
         raise TacreconError(f"{path}: the config must be a mapping with `name` and `grids`")

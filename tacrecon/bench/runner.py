@@ -10,6 +10,7 @@ existing cluster, or a local Ray instance). A failing job is recorded and the gr
 from __future__ import annotations
 
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import contextlib
 import fcntl
 import json
@@ -49,7 +50,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def _set_threads(threads: int | None) -> None:
-    if threads:
+    if threads is not None:
         torch.set_num_threads(threads)
 
 
@@ -96,14 +97,14 @@ def cell_job(cell: Cell, out: str, artifacts: str, root: str | None, device: str
         cell.failed_path(Path(out)).unlink(missing_ok=True)
         return {"ok": True, "label": cell.label}
     except Exception as e:
-        return record_failure(cell, out, f"{type(e).__name__}: {e}", traceback.format_exc())
+        return record_failure(cell, out, f"{type(e).__name__}: {e}", traceback.format_exc(), device)
 
 
-def record_failure(cell: Cell, out: str, error: str, trace: str | None) -> dict[str, Any]:
+def record_failure(cell: Cell, out: str, error: str, trace: str | None, device: str) -> dict[str, Any]:
     """Write ``<cell>.failed.json`` (a failed cell never counts as finished)."""
     log.error("cell %s failed: %s", cell.label, error)
     atomic_write_json(cell.failed_path(Path(out)), {"status": "failed", "request": cell.key, "error": error,
-                                                    "traceback": trace, "provenance": provenance("cpu")})
+                                                    "traceback": trace, "provenance": provenance(device)})
     return {"ok": False, "label": cell.label, "error": error}
 
 
@@ -120,9 +121,11 @@ def cell_state(cell: Cell, out: Path) -> str:
     if not path.is_file():
         return "missing"
     stored = read_json(path)
-    if stored.get("request") != cell.key:
-        raise TacreconError(f"{path} was made by other inputs ({stored.get('request')}); this config asks "
-                            f"{cell.key}: use another --out")
+    request = stored.get("request") or {}
+    if request != cell.key:
+        diff = "; ".join(f"{k}: {request.get(k)!r} stored, {v!r} asked" for k, v in cell.key.items()
+                         if request.get(k) != v)
+        raise TacreconError(f"{path} was made by other inputs ({diff}): use another --out")
     defense = create_defense(cell.defense, cell.budget, **cell.defense_params)
     as_stored = json.loads(json.dumps(defense.to_dict()))  # tuples read back as lists
     same_code = stored.get("defense_revision", 1) == defense.revision
@@ -168,7 +171,13 @@ class Pool(Inline):
         self.capacity = workers
 
     def submit(self, fn: Callable[..., dict], *args: Any) -> cf.Future:
-        return self.pool.submit(fn, *args)
+        try:
+            return self.pool.submit(fn, *args)
+        except BrokenProcessPool:  # a worker died (killed, out of memory): its jobs are lost, not the grid
+            log.error("a worker process died: starting a new pool")
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = cf.ProcessPoolExecutor(self.capacity, mp_context=multiprocessing.get_context("spawn"))
+            return self.pool.submit(fn, *args)
 
     def wait(self, pending: list) -> tuple[list, list]:
         done, rest = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
@@ -216,11 +225,24 @@ def make_backend(backend: str, workers: int, threads: int | None, device: str, a
     return Inline() if workers == 1 else Pool(workers)
 
 
+def check_folder(path: Path, what: str) -> None:
+    """Raise unless ``path`` is a folder or can be made one (its nearest existing ancestor is a folder)."""
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise TacreconError(f"{what} {path}: {existing} is a file, not a folder")
+
+
 def survey(config: BenchConfig, out: Path, only: dict[str, list[str]] | None = None) -> tuple[list[Cell], dict[str, str]]:
     """(all selected cells, the :func:`cell_state` of each by label)."""
-    cells = select(expand(config), only or {})
+    every = expand(config)
+    for key, values in (only or {}).items():
+        known = sorted({str(getattr(c, key)) for c in every})
+        for value in values:
+            if value not in known:
+                raise TacreconError(f"--only {key}={value}: not in this config ({', '.join(known)})")
+    cells = select(every, only or {})
     if not cells:
-        raise TacreconError("no cell of the config matches --only")
+        raise TacreconError("no cell of the config matches every --only filter")
     return cells, {c.label: cell_state(c, out) for c in cells}
 
 
@@ -245,8 +267,12 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
     """
     if workers < 1:
         raise TacreconError(f"--workers must be >= 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise TacreconError(f"--threads must be >= 1, got {threads}")
     out = Path(out)
     artifacts = Path(artifacts) if artifacts is not None else out / "artifacts"
+    check_folder(out, "--out")
+    check_folder(artifacts, "--artifacts")
     cells, states = survey(config, out, only)
     todo = [c for c in cells if states[c.label] != "done"]
     stale = [c for c in todo if states[c.label] == "stale"]
@@ -298,13 +324,18 @@ def _drive(runner: Inline, groups: dict[Path, list[Cell]], args: tuple, summary:
         done, _ = runner.wait(list(pending))
         for handle in done:
             kind, what = pending.pop(handle)
-            result = runner.result(handle)
+            try:
+                result = runner.result(handle)
+            except Exception as e:  # the worker itself died (a crash, the OOM killer, a lost Ray node)
+                result = {"ok": False, "error": f"worker lost: {type(e).__name__}: {e}", "traceback": None}
+                if kind == "cell":
+                    record_failure(what, args[0], result["error"], None, args[3])
             if kind == "artifact" and result["ok"]:
                 ready.extend(groups[what])
                 continue
             if kind == "artifact":
                 for cell in groups[what]:
-                    record_failure(cell, args[0], result["error"], result.get("traceback"))
+                    record_failure(cell, args[0], result["error"], result.get("traceback"), args[3])
                 summary["failed"] += len(groups[what])
                 bar.update(len(groups[what]))
             else:
