@@ -26,13 +26,14 @@ from torch import Tensor, nn
 from tacrecon.attacks import Attack, create_attack
 from tacrecon.data import Dataset, load_dataset
 from tacrecon.errors import TacreconError
-from tacrecon.io import (atomic_write_bytes, atomic_write_json, load_checkpoint, provenance, read_json,
-                         save_checkpoint)
+from tacrecon.io import (atomic_write_bytes, atomic_write_json, check_output_folder, load_checkpoint, provenance,
+                         read_json, save_checkpoint)
 from tacrecon.metrics import accuracy, attack_rates
 from tacrecon.recipes import build_model, default_train_config, model_kwargs
 
 log = logging.getLogger(__name__)
 ATTACK_JSON, ATTACK_STATE = "attack.json", "attack.safetensors"
+ARTIFACT_FILES = {ATTACK_JSON, ATTACK_STATE, "model.json", "model.safetensors"}  # what a killed run may leave
 
 
 @dataclass
@@ -78,8 +79,14 @@ def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str
         check_reusable(out, record, asked)
         log.info("reusing the complete artifact in %s", out)
         return record
+    check_output_folder(out)
+    leftovers = [p.name for p in out.iterdir()] if out.is_dir() else []
+    foreign = [n for n in leftovers if n not in ARTIFACT_FILES and not n.endswith(".tmp")]
+    if foreign:  # never delete what a killed run of ours did not write
+        raise TacreconError(f"{out} is not empty and not an artifact (it holds {', '.join(sorted(foreign)[:4])}): "
+                            "give an empty or new folder")
     data = load_dataset(dataset, root=root, device=device)
-    if out.exists():
+    if leftovers:
         log.warning("%s holds an incomplete artifact: redoing it", out)
         shutil.rmtree(out)
     generator = torch.Generator().manual_seed(seed)

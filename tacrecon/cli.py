@@ -46,7 +46,10 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise TacreconError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise TacreconError(f"--set {item!r}: the value is not valid YAML") from None
     return out
 
 
@@ -101,7 +104,8 @@ def build_parser() -> Parser:
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
         if command == "repair":
             p.add_argument("--out", type=Path, required=True, help="output folder")
-            p.add_argument("--force-target", type=int, default=None, help="repair this class even if none is flagged")
+            p.add_argument("--force-target", type=int, default=None,
+                           help="repair this class instead of the flagged ones (also when none is flagged)")
         add_common(p)
 
     p = sub.add_parser("defend", help="run any registered defense on an attack artifact")
@@ -194,7 +198,9 @@ def verdict(scan: dict[str, Any]) -> str:
         i, rel = scan["second_anomaly_index"][k], scan["second_relative"][k]
         why = (f"; found by the second look (robust QP, q {scan['second_quantile']}): anomaly index {i:.2f}, "
                f"norm {rel:.0%} of the median")
-    return f"BACKDOORED: poisoned class {k} ({scan['target_name']}), {stats}{why}"
+    others = [t for t in scan.get("targets", [k]) if t != k]
+    more = f"; also flagged: class{'es' if len(others) > 1 else ''} {', '.join(map(str, others))}" if others else ""
+    return f"BACKDOORED: poisoned class {k} ({scan['target_name']}), {stats}{why}{more}"
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -217,7 +223,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
     line = f"ACC {b['acc']:.2%} -> {a['acc']:.2%}"
     if "asr" in b:
         line += f", ASR {b['asr']:.2%} -> {a['asr']:.2%}, RA {b['ra']:.2%} -> {a['ra']:.2%}, DER {r['der']:.3f}"
-    print(("repaired: " if r["repaired"] else "left unchanged: ") + line + f" -> {args.out}")
+    forced = f" (class {tac['force_target']}, forced)" if tac.get("force_target", -1) >= 0 else ""
+    print(("repaired" + forced + ": " if r["repaired"] else "left unchanged: ") + line + f" -> {args.out}")
     return 0
 
 
@@ -295,6 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
+        if getattr(args, "out", None) is not None:  # a bad --out is said now, not after the work
+            from tacrecon.io import check_output_folder
+
+            check_output_folder(args.out)
         return COMMANDS[args.command](args)
     except TacreconError as e:
         print(f"tacrecon: error: {e}", file=sys.stderr)

@@ -94,6 +94,8 @@ def run_defense(name: str, artifact: str | Path, out: str | Path, *, root: str |
     Returns the defense.json record.
     """
     out, overrides = Path(out), dict(overrides or {})
+    if out.resolve() == Path(artifact).resolve() or (out / "attack.json").is_file():
+        raise TacreconError(f"--out {out} holds an attack artifact: the defended model goes to another folder")
     request = request_of(name, budget, overrides, clean_fraction, clean_n, seed)
     done = reuse(out, request)
     if done is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import subprocess
 import tempfile
@@ -23,12 +24,22 @@ from tacrecon.errors import TacreconError
 MODEL_WEIGHTS, MODEL_JSON = "model.safetensors", "model.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once: files get the permissions any other file written here would get
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp's 0600 would hide results from other users
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -95,6 +106,11 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):
+            raise TacreconError(f"{path}: cannot read weights (not a torch state_dict file)") from None
+        raise TacreconError(f"{path}: holds pickled Python objects (a whole model?), which are never loaded, for "
+                            "safety: save model.state_dict() instead and pass file.py:Name --weights") from None
     except Exception as e:  # noqa: BLE001 - any decoding failure is the user's file
         raise TacreconError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -117,6 +133,22 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     model.load_state_dict(state)
 
 
+def check_output_folder(path: str | Path, what: str = "--out") -> Path:
+    """``path`` as a folder to write into: an error now (before any work) if it is a file or lies
+    under one."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise TacreconError(f"{what} {path}: {existing} is a file, not a folder")
+    return path
+
+
+def tensors_to_save(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state_dict on the CPU, every tensor its own copy (safetensors refuses tensors
+    that share memory, as tied weights do; loading back ties nothing but gives equal values)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+
+
 def save_checkpoint(model: nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> None:
     """Write ``model.safetensors`` and ``model.json`` (``meta`` must name ``arch`` and ``model_kwargs``)."""
     from safetensors.torch import save
@@ -124,8 +156,7 @@ def save_checkpoint(model: nn.Module, out_dir: str | Path, meta: dict[str, Any])
     if "arch" not in meta or "model_kwargs" not in meta:
         raise ValueError("checkpoint meta needs 'arch' and 'model_kwargs'")
     out_dir = Path(out_dir)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(out_dir / MODEL_WEIGHTS, save(tensors))
+    atomic_write_bytes(out_dir / MODEL_WEIGHTS, save(tensors_to_save(model)))
     atomic_write_json(out_dir / MODEL_JSON, {"format": "tacrecon-model", "version": 1, **meta})
 
 
@@ -135,8 +166,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
 
     path = Path(path)
     meta = read_json(path / MODEL_JSON)
-    if not isinstance(meta, dict) or meta.get("format") != "tacrecon-model":
-        raise TacreconError(f"{path / MODEL_JSON}: not a tacrecon model description")
-    model = create_model(meta["arch"], **meta["model_kwargs"])
+    if (not isinstance(meta, dict) or meta.get("format") != "tacrecon-model" or not isinstance(meta.get("arch"), str)
+            or not isinstance(meta.get("model_kwargs"), dict)):
+        raise TacreconError(f"{path / MODEL_JSON}: not a tacrecon model description (format, arch, model_kwargs)")
+    try:
+        model = create_model(meta["arch"], **meta["model_kwargs"])
+    except TypeError as e:
+        raise TacreconError(f"{path / MODEL_JSON}: its model_kwargs do not fit {meta['arch']!r} ({e})") from None
     load_state(model, load_weights(path / MODEL_WEIGHTS), str(path / MODEL_WEIGHTS))
     return model.to(device).eval(), meta

@@ -91,6 +91,8 @@ def load_module(spec: str, weights: str | Path | None, num_classes: int | None, 
         module = factory()
     except TypeError as e:
         raise TacreconError(f"{spec}: cannot be called with no arguments ({e})") from None
+    except Exception as e:  # noqa: BLE001 - the user's constructor failed: say so in one line
+        raise TacreconError(f"{spec}: building the model failed ({type(e).__name__}: {e})") from None
     if not isinstance(module, nn.Module):
         raise TacreconError(f"{spec} returned a {type(module).__name__}, not an nn.Module")
     if weights is None:
@@ -101,10 +103,26 @@ def load_module(spec: str, weights: str | Path | None, num_classes: int | None, 
     return LoadedModel(model, "module", spec, {"weights": str(weights)})
 
 
+def numpy_globals() -> list[Any]:
+    """What rebuilding plain numpy arrays needs (no code runs: array data and dtypes only)."""
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy 2's pickle entry point
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    dtypes = [type(np.dtype(t)) for t in ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")]
+    numpy1 = [(_reconstruct, "numpy.core.multiarray._reconstruct")]  # records written under numpy 1
+    return [_reconstruct, *numpy1, np.ndarray, np.dtype, *dtypes]
+
+
 def load_backdoorbench(path: Path, dataset: str | None) -> LoadedModel:
     """A BackdoorBench ``attack_result.pt``: its model, normalizing with BackdoorBench's statistics."""
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(numpy_globals()):  # bd_train / bd_test hold numpy arrays
+            record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - refuse anything weights_only cannot read
         raise TacreconError(f"{path}: cannot read safely ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     if not isinstance(record, dict) or "model_name" not in record or "model" not in record:
@@ -130,6 +148,12 @@ def load_any(spec: str, *, weights: str | Path | None = None, head: str | None =
     """Load MODEL ``spec`` (see the module docstring) onto ``device``."""
     path = Path(spec)
     stats = parse_stats(normalize)
+    is_module = ":" in spec and spec.rpartition(":")[0].endswith(".py") and not path.exists()
+    unused = [flag for flag, value in (("--weights", weights), ("--head", head), ("--normalize", normalize))
+              if value is not None]
+    if unused and not is_module:
+        verb = "applies" if len(unused) == 1 else "apply"
+        raise TacreconError(f"{' and '.join(unused)} {verb} to a file.py:Name model only; {spec} carries its own")
     if path.is_dir():
         if (path / "attack.json").is_file():
             from tacrecon.artifact import load_artifact
@@ -142,10 +166,12 @@ def load_any(spec: str, *, weights: str | Path | None = None, head: str | None =
             loaded = LoadedModel(as_classifier(model), "checkpoint", meta["arch"], meta, None, meta["model_kwargs"])
         else:
             raise TacreconError(f"{path}: a folder, but neither a tacrecon checkpoint nor an attack artifact")
-    elif path.suffix == ".pt" and path.is_file() and weights is None:
+    elif path.suffix == ".pt" and path.is_file():
         loaded = load_backdoorbench(path, dataset)
-    elif ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+    elif is_module:
         loaded = load_module(spec, weights, num_classes, head, stats)
+    elif not path.exists():
+        raise TacreconError(f"{spec}: no such file or folder")
     else:
         raise TacreconError(f"{spec}: not a checkpoint folder, an attack artifact, a file.py:Name or an "
                             "attack_result.pt")

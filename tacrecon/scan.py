@@ -12,7 +12,8 @@ import torch
 from tacrecon.data import Dataset, Split, load_dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.errors import TacreconError
-from tacrecon.io import atomic_write_bytes, atomic_write_json, provenance, save_checkpoint
+from tacrecon.io import (atomic_write_bytes, atomic_write_json, check_output_folder, provenance, save_checkpoint,
+                         tensors_to_save)
 from tacrecon.loading import LoadedModel, load_any
 from tacrecon.artifact import evaluate as evaluate_attack
 from tacrecon.metrics import accuracy, der
@@ -28,6 +29,8 @@ def clean_subset(train: Split, fraction: float | None, n: int | None, seed: int,
     if exclude is not None and exclude.numel():
         keep[exclude.cpu()] = False
     candidates = torch.nonzero(keep).flatten()
+    if fraction is not None and not 0 < fraction <= 1:  # also NaN
+        raise TacreconError(f"the clean fraction must be in (0, 1], got {fraction}")
     count = n if n is not None else round((fraction if fraction is not None else 0.05) * len(train))
     if not 0 < count <= candidates.numel():
         raise TacreconError(f"the clean set must hold 1..{candidates.numel()} samples, got {count}")
@@ -52,13 +55,48 @@ def scan_record(tac: TAC, data: Dataset, seconds: float) -> dict[str, Any]:
 
 
 def prepare(model: str, dataset: str, options: dict[str, Any], device: torch.device) -> tuple[LoadedModel, Dataset, Split]:
-    """Load the data and the model, and draw the clean set."""
+    """Load the data and the model, check that they fit each other, and draw the clean set."""
+    for key in ("json", "plot"):
+        if options.get(key):
+            check_output_folder(Path(options[key]).parent, f"--{key}")
     data = load_dataset(dataset, root=options.get("data_root"), device=device)
     loaded = load_any(model, weights=options.get("weights"), head=options.get("head"),
                       normalize=options.get("normalize"), num_classes=data.num_classes, dataset=dataset, device=device)
+    made_for = loaded.meta.get("dataset") if loaded.kind in ("artifact", "checkpoint") else None
+    if loaded.kind == "artifact" and made_for != data.name:  # its poisoned indices are into made_for's split
+        raise TacreconError(f"{model} is an attack artifact on {made_for}, not on {data.name}: pass --dataset {made_for}")
+    shape = loaded.meta.get("input_shape")
+    if shape is not None and tuple(shape) != tuple(data.input_shape):
+        raise TacreconError(f"{model} takes {'x'.join(map(str, shape))} images, {data.name}'s are "
+                            f"{'x'.join(map(str, data.input_shape))}")
+    probe(loaded, data)
     exclude = loaded.artifact.poison_index if loaded.artifact is not None else None
     clean = clean_subset(data.train, options.get("clean_fraction"), options.get("clean_n"), options.get("seed", 0), exclude)
+    missing = sorted(set(range(data.num_classes)) - set(clean.y.unique().tolist()))
+    if missing:
+        raise TacreconError(f"the clean set ({len(clean)} images) holds no image of class(es) "
+                            f"{', '.join(map(str, missing[:8]))}{' ...' if len(missing) > 8 else ''}: a scan needs "
+                            "every class; draw more with --clean-n or --clean-fraction")
     return loaded, data, clean
+
+
+@torch.no_grad()
+def probe(loaded: LoadedModel, data: Dataset, n: int = 8) -> None:
+    """Run the model on ``n`` training images: one error line if it cannot take them, returns no
+    logits tensor (C,) per image, or (for a user's module) its output is not its head's."""
+    x = data.train.x[:n]
+    try:
+        logits = loaded.model(x)
+    except RuntimeError as e:
+        raise TacreconError(f"the model cannot run on {data.name} images ({'x'.join(map(str, data.input_shape))}): "
+                            f"{str(e).splitlines()[0][:200]}") from None
+    if not isinstance(logits, torch.Tensor):
+        raise TacreconError(f"the model returns a {type(logits).__name__}, not a tensor of logits: wrap it so that "
+                            "forward returns the logits alone")
+    if logits.shape != (x.shape[0], data.num_classes):
+        raise TacreconError(f"the model returns shape {tuple(logits.shape)}, expected (N, {data.num_classes})")
+    if loaded.kind == "module":
+        loaded.model.locate(x)
 
 
 def run_scan(model: str, dataset: str, device: torch.device, tac_kwargs: dict[str, Any] | None = None,
@@ -102,6 +140,7 @@ def run_repair(model: str, dataset: str, out: str | Path, device: torch.device, 
                **options: Any) -> dict[str, Any]:
     """Scan, then fine-tune with the reconstructed TAC; write the repaired model and repair.json."""
     start = time.perf_counter()
+    check_repair_folder(Path(out), model)
     loaded, data, clean = prepare(model, dataset, options, device)
     before = evaluate(loaded, loaded.model, data)
     generator = torch.Generator().manual_seed(options.get("seed", 0))
@@ -114,6 +153,7 @@ def run_repair(model: str, dataset: str, out: str | Path, device: torch.device, 
     if "asr" in before:
         record["der"] = der(before["acc"], after["acc"], before["asr"], after["asr"])
     save_repaired(loaded, tac.model_, Path(out), data)
+    write_outputs({**record["scan"], "model": model}, data, options.get("json"), options.get("plot"))
     if getattr(tac, "surrogates_", None) is not None:  # what the fine-tune taught the model to ignore
         from tacrecon.report import plot_stand_ins
 
@@ -121,6 +161,15 @@ def run_repair(model: str, dataset: str, out: str | Path, device: torch.device, 
         record["stand_in"] = "stand_in.png"
     atomic_write_json(Path(out) / "repair.json", record)
     return record
+
+
+def check_repair_folder(out: Path, model: str) -> None:
+    """Refuse an ``--out`` that would overwrite the model being repaired or another model."""
+    check_output_folder(out)
+    if Path(model).is_dir() and out.resolve() == Path(model).resolve():
+        raise TacreconError(f"--out {out} is the model's own folder: the repaired model goes elsewhere")
+    if (out / "attack.json").is_file() or ((out / "model.json").is_file() and not (out / "repair.json").is_file()):
+        raise TacreconError(f"--out {out} holds another model (not an earlier repair): give a new folder")
 
 
 def save_repaired(loaded: LoadedModel, model: torch.nn.Module, out: Path, data: Dataset) -> None:
@@ -132,5 +181,4 @@ def save_repaired(loaded: LoadedModel, model: torch.nn.Module, out: Path, data: 
     from safetensors.torch import save
 
     inner = getattr(model, "module", model)  # the user's module inside the adapter
-    tensors = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
-    atomic_write_bytes(out / "repaired.safetensors", save(tensors))
+    atomic_write_bytes(out / "repaired.safetensors", save(tensors_to_save(inner)))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tacrecon.errors import TacreconError
-from tacrecon.io import (atomic_write_json, load_checkpoint, load_state, load_weights, provenance,
-                         read_json, save_checkpoint)
+from tacrecon.io import (UMASK, atomic_write_json, load_checkpoint, load_state, load_weights, provenance,
+                         read_json, save_checkpoint, tensors_to_save)
 from tacrecon.models import create_model
 
 
@@ -42,7 +42,7 @@ def test_pt_weights_load_with_weights_only(tmp_path):
 
 def test_pickled_object_is_refused(tmp_path):
     torch.save({"model": make()}, tmp_path / "full.pt")  # a whole pickled module, not a state_dict
-    with pytest.raises(TacreconError, match="cannot read weights"):
+    with pytest.raises(TacreconError, match="pickled Python objects .* save model.state_dict"):
         load_weights(tmp_path / "full.pt")
 
 
@@ -76,6 +76,16 @@ def test_atomic_json_and_read_errors(tmp_path):
         read_json(tmp_path / "b.json")
     with pytest.raises(TacreconError, match="no such file"):
         read_json(tmp_path / "none.json")
+    assert (tmp_path / "a" / "r.json").stat().st_mode & 0o777 == 0o666 & ~UMASK  # not mkstemp's 0600
+
+
+def test_tied_weights_are_saved_as_copies():
+    from safetensors.torch import load, save
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    net[1].weight = net[0].weight  # tied
+    tensors = load(save(tensors_to_save(net)))
+    assert torch.equal(tensors["0.weight"], tensors["1.weight"])
 
 
 def test_load_checkpoint_rejects_other_json(tmp_path):

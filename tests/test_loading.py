@@ -140,3 +140,124 @@ def test_scan_cli_class_count_mismatch(tmp_path, capsys):
     torch.save({"1.weight": torch.zeros(5, 256), "1.bias": torch.zeros(5)}, tmp_path / "w.pt")
     code, _, err = cli(capsys, "scan", f"{tmp_path}/m.py:make", "--weights", tmp_path / "w.pt", "--dataset", "digits")
     assert code == 2 and "out_features=10" in err
+
+
+HEADS_PY = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def body():
+        return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    class HeadFirst(nn.Module):  # the head is registered before a 10-wide linear inside the body
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(10, 10)
+            self.features = nn.Sequential(body(), nn.Linear(8, 10), nn.ReLU())
+
+        def forward(self, x):
+            return self.fc(self.features(x))
+
+    class AuxAfter(nn.Module):  # an auxiliary head registered after the real one, never called
+        def __init__(self):
+            super().__init__()
+            self.body, self.fc, self.aux = body(), nn.Linear(8, 10), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return torch.log_softmax(self.fc(self.body(x)), dim=1)  # a shift per image: still the head's
+
+    class Permuted(AuxAfter):  # classes reordered after the head: its norms would name the wrong class
+        def forward(self, x):
+            return self.fc(self.body(x))[:, torch.arange(9, -1, -1)]
+
+    class TupleOut(AuxAfter):
+        def forward(self, x):
+            z = self.body(x)
+            return self.fc(z), z
+""")
+
+
+@pytest.fixture
+def heads(tmp_path):
+    (tmp_path / "heads.py").write_text(HEADS_PY)
+    ns = {}
+    exec(compile(HEADS_PY, "heads", "exec"), ns)
+    torch.manual_seed(0)
+    for name in ("HeadFirst", "AuxAfter"):
+        torch.save(ns[name]().state_dict(), tmp_path / f"{name}.pt")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name,weights,head", [("HeadFirst", "HeadFirst", "fc"), ("AuxAfter", "AuxAfter", "fc")])
+def test_scan_finds_the_head_that_makes_the_output(heads, capsys, name, weights, head):
+    code, _, err = cli(capsys, "scan", f"{heads}/heads.py:{name}", "--weights", heads / f"{weights}.pt",
+                       "--dataset", "digits", "--json", heads / "scan.json")
+    assert code == 0, err
+    from tacrecon.data import load_dataset
+    from tacrecon.scan import prepare
+
+    loaded, _, _ = prepare(f"{heads}/heads.py:{name}", "digits", {"weights": heads / f"{weights}.pt"}, torch.device("cpu"))
+    assert loaded.model.head_name == head
+
+
+@pytest.mark.parametrize("name,message", [
+    ("Permuted", "no nn.Linear with 10 outputs gives the model's output"),
+    ("TupleOut", "returns a tuple, not a tensor of logits"),
+])
+def test_scan_refuses_a_model_whose_output_is_not_its_heads(heads, capsys, name, message):
+    code, _, err = cli(capsys, "scan", f"{heads}/heads.py:{name}", "--weights", heads / "AuxAfter.pt",
+                       "--dataset", "digits")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_backdoorbench_record_with_numpy_poison_indices(tmp_path):
+    import numpy as np
+
+    model = create_model("preact_resnet18")
+    bd = {"poison_indicator": np.array([0, 1, 0], dtype=np.int64), "original_index_array": np.arange(3)}
+    record = {"model_name": "preactresnet18", "num_classes": 10, "clean_data": "cifar10", "model": model.state_dict(),
+              "bd_train": bd, "bd_test": {"x": np.zeros((2, 2), dtype=np.float32)}}
+    torch.save(record, tmp_path / "attack_result.pt")
+    assert load_any(str(tmp_path / "attack_result.pt")).arch == "preact_resnet18"
+
+
+def test_options_a_model_folder_does_not_use_are_errors(tmp_path):
+    model = create_model("test_cnn")
+    from tacrecon.io import save_checkpoint
+
+    save_checkpoint(model, tmp_path / "ckpt", {"arch": "test_cnn", "model_kwargs": {}})
+    with pytest.raises(TacreconError, match="--head applies to a file.py:Name model only"):
+        load_any(str(tmp_path / "ckpt"), head="fc")
+    with pytest.raises(TacreconError, match="no such file or folder"):
+        load_any(str(tmp_path / "missing"))
+
+
+def test_repair_and_defend_refuse_to_overwrite_the_input(tmp_path, capsys):
+    art = tmp_path / "art"
+    code, _, err = cli(capsys, "attack", "badnets", "--dataset", "digits", "--arch", "test_cnn", "--out", art,
+                       "--epochs", "2")
+    assert code == 0, err
+    before = (art / "model.safetensors").read_bytes()
+    for argv in (("repair", art, "--dataset", "digits", "--out", art),
+                 ("defend", "ft", art, "--out", art, "--budget", "smoke"),
+                 ("repair", art, "--dataset", "digits", "--out", tmp_path / "r", "--force-target", "12"),
+                 ("repair", art, "--dataset", "digits", "--out", tmp_path / "r", "--set", "threshold=[1"),
+                 ("scan", art, "--dataset", "digits", "--clean-fraction", "nan"),
+                 ("scan", art, "--dataset", "digits", "--clean-n", "3"),
+                 ("scan", art, "--dataset", "digits", "--json", art / "attack.json" / "x.json")):
+        code, _, err = cli(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert (art / "model.safetensors").read_bytes() == before
+    code, out, err = cli(capsys, "repair", art, "--dataset", "digits", "--out", tmp_path / "r",
+                         "--json", tmp_path / "r.json", "--plot", tmp_path / "r.png")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["backdoored"] is True
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_attack_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("precious")
+    code, _, err = cli(capsys, "attack", "badnets", "--dataset", "digits", "--arch", "test_cnn", "--out", tmp_path,
+                       "--epochs", "1")
+    assert code == 2 and "not empty and not an artifact" in err
+    assert (tmp_path / "notes.txt").read_text() == "precious"

@@ -127,3 +127,21 @@ def test_adapter_check_detects_op_after_head():
 def test_registered_model_returned_as_is():
     model = create_model("test_cnn")
     assert as_classifier(model) is model
+
+
+def test_locate_picks_the_last_called_head_and_accepts_a_log_softmax():
+    class AuxAfter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.fc, self.aux = nn.Flatten(), nn.Linear(12, 4), nn.Linear(12, 4)
+
+        def forward(self, x):
+            return torch.log_softmax(self.fc(self.body(x)), dim=1)
+
+    model = as_classifier(AuxAfter().eval(), num_classes=4)
+    assert model.head_name == "aux"  # the last registered, before running anything
+    x = torch.rand(3, 3, 2, 2)
+    model.locate(x)
+    assert model.head_name == "fc" and model.latent(x).shape == (3, 12)
+    with pytest.raises(TacreconError, match="last operation"):
+        as_classifier(AuxAfter().eval(), head="aux").locate(x)  # a named head is only checked

@@ -542,6 +542,9 @@ class TAC(Defense):
         scan.second_qp, scan.second_detection = robust, look
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
+        num_classes = as_classifier(model).num_classes
+        if self.force_target >= num_classes:
+            raise TacreconError(f"force_target {self.force_target} is not a class of this model (0..{num_classes - 1})")
         start = time.perf_counter()
         scan = self.scan(model, clean)
         qp, found = scan.qp, scan.detection

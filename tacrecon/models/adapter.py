@@ -53,7 +53,16 @@ class HeadAdapter(Classifier):
         self.normalize = Normalize(mean, std) if mean is not None else nn.Identity()
         self._latent: Tensor | None = None
         self._capturing = False
-        head_layer.register_forward_pre_hook(self._capture)
+        self._explicit = head is not None
+        self._hook = head_layer.register_forward_pre_hook(self._capture)
+
+    def _use(self, name: str) -> None:
+        """Make the layer ``name`` the head (the latent is its input)."""
+        self._hook.remove()
+        self.head_name = name
+        layer = self.module.get_submodule(name)
+        self.num_classes, self.latent_dim = layer.out_features, layer.in_features
+        self._hook = layer.register_forward_pre_hook(self._capture)
 
     def _capture(self, _layer: nn.Module, args: tuple[Tensor, ...]) -> None:
         if self._capturing:  # only inside forward_features: other adapters' calls keep nothing alive
@@ -82,14 +91,52 @@ class HeadAdapter(Classifier):
         return self.module(self.normalize(x))
 
     @torch.no_grad()
-    def check(self, x: Tensor, atol: float = 1e-4) -> None:
-        """Raise if the module's logits are not ``head(latent)`` on ``x`` (N, C_in, H, W)."""
+    def matches(self, x: Tensor, atol: float = 1e-4) -> bool:
+        """Whether the module's output on ``x`` (N, C_in, H, W) is ``head(latent)``, up to a
+        shift per image (so a log-softmax after the head still matches)."""
         logits = self.forward(x)
-        rebuilt = self.forward_head(self.forward_features(x))
-        if logits.shape != rebuilt.shape or not torch.allclose(logits, rebuilt, atol=atol, rtol=1e-3):
+        try:
+            rebuilt = self.forward_head(self.forward_features(x))
+        except TacreconError:  # the layer is not called
+            return False
+        if not isinstance(logits, Tensor) or logits.shape != rebuilt.shape:
+            return False
+        gap = logits - rebuilt
+        gap = gap - gap.mean(dim=1, keepdim=True)
+        return bool(gap.abs().max() <= atol + 1e-3 * logits.abs().max())
+
+    def check(self, x: Tensor) -> None:
+        """Raise if the module's logits are not ``head(latent)`` on ``x`` (N, C_in, H, W)."""
+        if not self.matches(x):
             raise TacreconError(
                 f"the model's output is not the output of {self.head_name!r}: "
                 "the head must be the last operation (name it with --head)")
+
+    @torch.no_grad()
+    def locate(self, x: Tensor) -> None:
+        """Find the head by running ``x``: of the ``nn.Linear`` layers with ``num_classes``
+        outputs, the last one called whose output is the module's (:meth:`matches`); one error
+        line if none is. A head named by the user is only checked."""
+        if self._explicit:
+            self.check(x)
+            return
+        calls: list[str] = []
+        handles = [m.register_forward_hook(lambda *_, n=n: calls.append(n)) for n, m in self.module.named_modules()
+                   if isinstance(m, nn.Linear) and m.out_features == self.num_classes]
+        try:
+            self.forward(x)
+        finally:
+            for h in handles:
+                h.remove()
+        order = list(dict.fromkeys(reversed(calls)))  # the last called first
+        for name in order:
+            self._use(name)
+            if self.matches(x):
+                return
+        tried = ", ".join(order) or "none was called"
+        raise TacreconError(f"no nn.Linear with {self.num_classes} outputs gives the model's output (tried: {tried}); "
+                            "the final linear layer must be the last operation (a head called twice, or outputs "
+                            "reordered after it, cannot be scanned)")
 
 
 def as_classifier(module: nn.Module, num_classes: int | None = None, head: str | None = None,
