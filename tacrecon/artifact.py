@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from tacrecon.attacks import Attack, create_attack
+from tacrecon.config import differences
 from tacrecon.data import Dataset, load_dataset
 from tacrecon.errors import TacreconError
 from tacrecon.io import (atomic_write_bytes, atomic_write_json, check_output_folder, load_checkpoint, provenance,
@@ -107,20 +108,14 @@ def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str
 def check_reusable(out: Path, record: dict[str, Any], asked: dict[str, Any]) -> None:
     """Raise unless the stored ``record`` was made with the inputs ``asked`` (attack, dataset,
     arch, seed, resolved attack and train configs; the progress bar setting does not count)."""
-    def flat(d: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for k, v in json.loads(json.dumps(d)).items():  # tuples read back as lists
-            if isinstance(v, dict):
-                out.update({f"{k}.{kk}": vv for kk, vv in v.items() if kk != "progress"})
-            else:
-                out[k] = v
-        return out
+    def as_json(d: dict[str, Any]) -> dict[str, Any]:  # tuples read back as lists; the bar setting never counts
+        d = json.loads(json.dumps(d))
+        return {k: ({kk: vv for kk, vv in v.items() if kk != "progress"} if isinstance(v, dict) else v)
+                for k, v in d.items()}
 
-    stored, wanted = flat({k: record.get(k) for k in asked}), flat(asked)
-    diff = [f"{k}: {stored.get(k)!r} stored, {wanted.get(k)!r} asked" for k in sorted(set(stored) | set(wanted))
-            if stored.get(k) != wanted.get(k)]
+    diff = differences(as_json({k: record.get(k) for k in asked}), as_json(asked))
     if diff:
-        raise TacreconError(f"{out} holds an artifact made with other inputs ({'; '.join(diff)}): "
+        raise TacreconError(f"{out} holds an artifact made with other inputs ({diff}): "
                             "use another folder, or delete it to retrain")
 
 

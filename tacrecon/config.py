@@ -29,6 +29,23 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def differences(a: Mapping[str, Any], b: Mapping[str, Any], labels: tuple[str, str] = ("stored", "asked")) -> str:
+    """``"key: A stored, B asked; ..."`` for every key whose values differ in ``a`` and ``b``
+    (missing keys read as None); nested mappings are compared key by key (``key.sub``)."""
+    def flat(d: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+            else:
+                out[k] = v
+        return out
+
+    fa, fb = flat(a), flat(b)
+    return "; ".join(f"{k}: {fa.get(k)!r} {labels[0]}, {fb.get(k)!r} {labels[1]}" for k in sorted(set(fa) | set(fb))
+                     if fa.get(k) != fb.get(k))
+
+
 class Config:
     """Mixin for ``@dataclass`` configs: ``from_dict`` validates keys and types."""
 

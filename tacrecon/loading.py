@@ -133,7 +133,8 @@ def load_backdoorbench(path: Path, dataset: str | None) -> LoadedModel:
                             f"supported: {', '.join(BACKDOORBENCH_MODELS)}")
     data_name = dataset or str(record.get("clean_data", ""))
     if data_name not in BACKDOORBENCH_STATS:
-        raise TacreconError(f"{path}: unknown BackdoorBench dataset {data_name!r}; pass --dataset")
+        raise TacreconError(f"{path}: no BackdoorBench normalization known for data set {data_name!r} (known: "
+                            f"{', '.join(BACKDOORBENCH_STATS)})")
     mean, std = BACKDOORBENCH_STATS[data_name]
     kwargs = {"num_classes": int(record.get("num_classes", 10)), "in_chans": 3, "mean": list(mean), "std": list(std)}
     model = create_model(name, **kwargs)

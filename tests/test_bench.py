@@ -72,7 +72,7 @@ def test_clean_fraction_one_is_a_number():
 
 def test_two_grids_defining_one_cell_differently_are_an_error():
     other = {**TINY["grids"][0], "clean_n": 32}
-    with pytest.raises(TacreconError, match=r"defined twice, differently \(clean_n 64 vs 32\)"):
+    with pytest.raises(TacreconError, match=r"defined twice, differently \(clean_n: 64 in one grid, 32 in another\)"):
         expand(BenchConfig.from_dict({**TINY, "grids": [TINY["grids"][0], other]}))
     assert len(expand(BenchConfig.from_dict({**TINY, "grids": [TINY["grids"][0]] * 2}))) == 2  # the same: shared
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tacrecon.bench.config import BenchConfig
+from tacrecon.config import differences
 from tacrecon.errors import TacreconError
 
 FAILED_SUFFIX = ".failed.json"
@@ -99,8 +100,7 @@ def expand(config: BenchConfig) -> list[Cell]:
                                         dict(grid.defense_params.get(defense, {})), grid.clean_fraction, grid.clean_n)
                             first = cells.setdefault(cell.label, cell)
                             if first.key != cell.key:
-                                diff = ", ".join(f"{k} {first.key[k]!r} vs {cell.key[k]!r}" for k in cell.key
-                                                 if first.key[k] != cell.key[k])
+                                diff = differences(first.key, cell.key, ("in one grid", "in another"))
                                 raise TacreconError(f"cell {cell.label} is defined twice, differently ({diff}): "
                                                     "split such grids into two configs with their own --out")
     return list(cells.values())

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from tacrecon.bench.cells import Cell, expand, select
 from tacrecon.bench.config import BenchConfig
+from tacrecon.config import differences
 from tacrecon.defenses import create_defense
 from tacrecon.errors import TacreconError
-from tacrecon.io import atomic_write_json, provenance, read_json
+from tacrecon.io import atomic_write_json, check_output_folder, provenance, read_json
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,7 @@ def cell_state(cell: Cell, out: Path) -> str:
     stored = read_json(path)
     request = stored.get("request") or {}
     if request != cell.key:
-        diff = "; ".join(f"{k}: {request.get(k)!r} stored, {v!r} asked" for k, v in cell.key.items()
-                         if request.get(k) != v)
-        raise TacreconError(f"{path} was made by other inputs ({diff}): use another --out")
+        raise TacreconError(f"{path} was made by other inputs ({differences(request, cell.key)}): use another --out")
     defense = create_defense(cell.defense, cell.budget, **cell.defense_params)
     as_stored = json.loads(json.dumps(defense.to_dict()))  # tuples read back as lists
     same_code = stored.get("defense_revision", 1) == defense.revision
@@ -225,13 +224,6 @@ def make_backend(backend: str, workers: int, threads: int | None, device: str, a
     return Inline() if workers == 1 else Pool(workers)
 
 
-def check_folder(path: Path, what: str) -> None:
-    """Raise unless ``path`` is a folder or can be made one (its nearest existing ancestor is a folder)."""
-    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir():
-        raise TacreconError(f"{what} {path}: {existing} is a file, not a folder")
-
-
 def survey(config: BenchConfig, out: Path, only: dict[str, list[str]] | None = None) -> tuple[list[Cell], dict[str, str]]:
     """(all selected cells, the :func:`cell_state` of each by label)."""
     every = expand(config)
@@ -271,8 +263,8 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
         raise TacreconError(f"--threads must be >= 1, got {threads}")
     out = Path(out)
     artifacts = Path(artifacts) if artifacts is not None else out / "artifacts"
-    check_folder(out, "--out")
-    check_folder(artifacts, "--artifacts")
+    check_output_folder(out, "--out")
+    check_output_folder(artifacts, "--artifacts")
     cells, states = survey(config, out, only)
     todo = [c for c in cells if states[c.label] != "done"]
     stale = [c for c in todo if states[c.label] == "stale"]

@@ -26,8 +26,11 @@ def find_head(module: nn.Module, num_classes: int | None = None, name: str | Non
     found = [(n, m) for n, m in module.named_modules()
              if isinstance(m, nn.Linear) and (num_classes is None or m.out_features == num_classes)]
     if not found:
-        want = f" with out_features={num_classes}" if num_classes is not None else ""
-        raise TacreconError(f"the model has no nn.Linear layer{want}; name the head with --head")
+        widths = sorted({m.out_features for m in module.modules() if isinstance(m, nn.Linear)})
+        if num_classes is None or not widths:
+            raise TacreconError("the model has no nn.Linear layer; name the head with --head")
+        raise TacreconError(f"the model has no nn.Linear layer with out_features={num_classes} (the data set's "
+                            f"classes); its linear layers have {', '.join(map(str, widths))} outputs")
     return found[-1]
 
 
