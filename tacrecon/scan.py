@@ -59,6 +59,8 @@ def prepare(model: str, dataset: str, options: dict[str, Any], device: torch.dev
     for key in ("json", "plot"):
         if options.get(key):
             check_output_folder(Path(options[key]).parent, f"--{key}")
+    if options.get("plot") and Path(options["plot"]).suffix.lower() != ".png":
+        raise TacreconError(f"--plot {options['plot']}: the plot is a PNG; name it *.png")
     data = load_dataset(dataset, root=options.get("data_root"), device=device)
     loaded = load_any(model, weights=options.get("weights"), head=options.get("head"),
                       normalize=options.get("normalize"), num_classes=data.num_classes, dataset=dataset, device=device)

@@ -244,6 +244,7 @@ def test_repair_and_defend_refuse_to_overwrite_the_input(tmp_path, capsys):
                  ("repair", art, "--dataset", "digits", "--out", tmp_path / "r", "--set", "threshold=[1"),
                  ("scan", art, "--dataset", "digits", "--clean-fraction", "nan"),
                  ("scan", art, "--dataset", "digits", "--clean-n", "3"),
+                 ("scan", art, "--dataset", "digits", "--plot", tmp_path / "norms.jpg"),
                  ("scan", art, "--dataset", "digits", "--json", art / "attack.json" / "x.json")):
         code, _, err = cli(capsys, *argv)
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
