@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,12 +18,19 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
+START = time.perf_counter()  # the script's start: every result says how long its script ran
+
+
 def write_result(name: str, record: dict[str, Any], table: str, device: str = "cpu") -> Path:
-    """Write ``docs/benchmarks/<name>.json`` (record + provenance) and ``<name>.md`` (table)."""
-    record = {**record, "provenance": provenance(device)}
+    """Write ``docs/benchmarks/<name>.json`` (record + provenance) and ``<name>.md`` (table), both
+    naming the script and its arguments and the seconds it has run so far."""
+    command = " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *map(shlex.quote, sys.argv[1:])])
+    seconds = time.perf_counter() - START
+    record = {**record, "command": command, "script_seconds": seconds, "provenance": provenance(device)}
     atomic_write_json(DOCS / f"{name}.json", record)
     prov = record["provenance"]
-    header = f"Measured on {prov['device']}, torch {prov['torch']}, commit {prov['commit']}, {prov['time']}.\n\n"
+    header = (f"Measured on {prov['device']}, torch {prov['torch']}, commit {prov['commit']}, {prov['time']}, by "
+              f"`{command}` in {seconds:.0f} s.\n\n")
     atomic_write_bytes(DOCS / f"{name}.md", (header + table).encode())
     return DOCS / f"{name}.md"
 
