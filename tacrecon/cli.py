@@ -34,9 +34,12 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TacreconError(f"device {name!r} requested but CUDA is not available")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise TacreconError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise TacreconError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:

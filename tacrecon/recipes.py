@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tacrecon.data.split import Dataset
+from tacrecon.errors import TacreconError
 from tacrecon.models import create_model
 from tacrecon.train import TrainConfig
 
@@ -30,12 +31,19 @@ def default_train_config(dataset: str, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict({**base, **overrides})
 
 
+MIN_SIDE = {"vgg11_bn": 32}  # five 2x2 max-pools
+
+
 def model_kwargs(arch: str, dataset: Dataset, **overrides: Any) -> dict[str, Any]:
     """All keyword arguments that build ``arch`` for ``dataset`` (saved in checkpoints).
 
     Includes the class count, channels and normalization of ``dataset`` and the recipe's extras
     (the CPU protocol's ``resnet_small`` has width 16).
     """
+    side = min(dataset.input_shape[1:])
+    if side < MIN_SIDE.get(arch, 1):
+        raise TacreconError(f"{arch} needs images of at least {MIN_SIDE[arch]}x{MIN_SIDE[arch]} (its pooling), "
+                            f"{dataset.name}'s are {side}x{side}")
     extra: dict[str, Any] = {"width": 16} if arch == "resnet_small" else {}
     return {"num_classes": dataset.num_classes, "in_chans": dataset.input_shape[0],
             "mean": list(dataset.mean), "std": list(dataset.std), **extra, **overrides}

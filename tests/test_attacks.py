@@ -68,6 +68,8 @@ def test_poison_marks_and_relabels(name, mode, digits):
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[idx] = False
     assert torch.equal(poisoned.x[rest], train.x[rest]) and torch.equal(poisoned.y[rest], train.y[rest])
+    with torch.no_grad():  # the marked images carry the trigger, not only the new label
+        assert torch.equal(poisoned.x[idx], attack(train.x[idx]))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -87,6 +89,8 @@ def test_artifact_round_trip(name, tmp_path, digits):
     with torch.no_grad():
         torch.testing.assert_close(again.model(again.attack(x)), a, rtol=0, atol=0)
     assert run_attack(name, "digits", "test_cnn", out, seed=0, train_overrides=FAST) == record  # reused
+    if name != "none":  # the saved trigger is the one the model was attacked with
+        assert attack_rates(again.model, digits.test, again.attack, again.attack.label_map())[0] == record["asr"]
 
 
 def test_incomplete_artifact_is_redone(tmp_path):

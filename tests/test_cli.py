@@ -55,6 +55,19 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, m
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_gpu_index_the_machine_lacks_is_one_error(monkeypatch):
+    import torch
+
+    from tacrecon.cli import pick_device
+    from tacrecon.errors import TacreconError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(TacreconError, match="has 1 GPU"):
+        pick_device("cuda:7")
+
+
 def test_list(capsys):
     for what, name in (("models", "preact_resnet18"), ("datasets", "gtsrb"), ("attacks", "badnets"),
                        ("defenses", "tac")):

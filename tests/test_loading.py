@@ -238,16 +238,20 @@ def test_repair_and_defend_refuse_to_overwrite_the_input(tmp_path, capsys):
                        "--epochs", "2")
     assert code == 0, err
     before = (art / "model.safetensors").read_bytes()
-    for argv in (("repair", art, "--dataset", "digits", "--out", art),
-                 ("defend", "ft", art, "--out", art, "--budget", "smoke"),
-                 ("repair", art, "--dataset", "digits", "--out", tmp_path / "r", "--force-target", "12"),
-                 ("repair", art, "--dataset", "digits", "--out", tmp_path / "r", "--set", "threshold=[1"),
-                 ("scan", art, "--dataset", "digits", "--clean-fraction", "nan"),
-                 ("scan", art, "--dataset", "digits", "--clean-n", "3"),
-                 ("scan", art, "--dataset", "digits", "--plot", tmp_path / "norms.jpg"),
-                 ("scan", art, "--dataset", "digits", "--json", art / "attack.json" / "x.json")):
+    for argv, message in ((("repair", art, "--dataset", "digits", "--out", art), "the model's own folder"),
+                          (("defend", "ft", art, "--out", art, "--budget", "smoke"), "holds an attack artifact"),
+                          (("repair", art, "--dataset", "digits", "--out", tmp_path / "r", "--force-target", "12"),
+                           "force_target 12 is not a class of this model"),
+                          (("repair", art, "--dataset", "digits", "--out", tmp_path / "r", "--set", "threshold=[1"),
+                           "not valid YAML"),
+                          (("scan", art, "--dataset", "digits", "--clean-fraction", "nan"), "clean fraction must be"),
+                          (("scan", art, "--dataset", "digits", "--clean-n", "3"), "holds no image of class"),
+                          (("scan", art, "--dataset", "digits", "--plot", tmp_path / "norms.jpg"), "name it *.png"),
+                          (("scan", art, "--dataset", "digits", "--json", art / "attack.json" / "x.json"),
+                           "is a file, not a folder"),
+                          (("scan", art, "--dataset", "cifar10", "--data-root", tmp_path), "cifar10 not found")):
         code, _, err = cli(capsys, *argv)
-        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
     assert (art / "model.safetensors").read_bytes() == before
     code, out, err = cli(capsys, "repair", art, "--dataset", "digits", "--out", tmp_path / "r",
                          "--json", tmp_path / "r.json", "--plot", tmp_path / "r.png")

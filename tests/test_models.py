@@ -6,6 +6,7 @@ from torch import nn
 
 from tacrecon.errors import TacreconError
 from tacrecon.models import MODELS, HeadAdapter, as_classifier, create_model, find_head
+from tacrecon.recipes import MIN_SIDE, model_kwargs
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -37,10 +38,17 @@ def test_latent_is_head_input(name):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_one_channel_and_small_inputs(name):
-    if name in ("vgg11_bn", "preact_resnet18"):
-        pytest.skip("large models: covered at 32x32 RGB")
+    side = MIN_SIDE.get(name, 16)
     model = create_model(name, num_classes=10, in_chans=1).eval()
-    assert model(torch.rand(2, 1, 16, 16)).shape == (2, 10)
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, side, side)).shape == (2, 10)
+
+
+def test_a_model_too_deep_for_the_images_is_one_error():
+    from tacrecon.data import load_dataset
+
+    with pytest.raises(TacreconError, match="vgg11_bn needs images of at least 32x32"):
+        model_kwargs("vgg11_bn", load_dataset("digits"))
 
 
 def test_normalization_is_inside_and_not_in_state_dict():

@@ -56,14 +56,17 @@ def test_fit_hooks_and_params():
     conv_before = model.features[0][0].weight.clone()
     calls = []
 
-    def hook(x, y, g):
+    def hook(x, y, g):  # what the hook returns is what the model learns: every label becomes 1
         calls.append(x.shape[0])
-        return x, y
+        return x, torch.ones_like(y)
 
-    fit(model, toy_split(64), CFG.replace(epochs=1), batch_hook=hook, params=model.fc.parameters())
-    assert sum(calls) == 64
+    data = toy_split(64)
+    fit(model, data, CFG.replace(epochs=3), batch_hook=hook, params=model.fc.parameters())
+    assert sum(calls) == 3 * 64
     assert not torch.equal(model.fc.weight, head_before)
     assert torch.equal(model.features[0][0].weight, conv_before)
+    with torch.no_grad():
+        assert bool((model.eval()(data.x).argmax(1) == 1).all())
 
 
 def test_train_config_strict():
@@ -90,11 +93,17 @@ def test_augment_shapes_and_content():
     assert augment(x, g).shape == x.shape
     assert torch.equal(random_crop(x, 0, g), x)
     flipped = random_flip(x, g)
-    for a, b in zip(x, flipped):
-        assert torch.equal(a, b) or torch.equal(a.flip(2), b)
+    same = [torch.equal(a, b) for a, b in zip(x, flipped)]
+    for a, b, kept in zip(x, flipped, same):
+        assert kept or torch.equal(a.flip(2), b)
+    assert any(same) and not all(same)  # about half of the images are flipped
     # a crop is a shifted window of the reflect-padded image: every value comes from x
-    crop = random_crop(torch.arange(100.).view(1, 1, 10, 10), 2, g)
-    assert set(crop.unique().tolist()) <= set(range(100))
+    image = torch.arange(100.).view(1, 1, 10, 10).expand(16, 1, 10, 10)
+    crop = random_crop(image, 2, g)
+    padded = torch.nn.functional.pad(image, (2, 2, 2, 2), mode="reflect")
+    windows = [padded[0, :, i:i + 10, j:j + 10] for i in range(5) for j in range(5)]
+    assert all(any(torch.equal(c, w) for w in windows) for c in crop)
+    assert not all(torch.equal(c, image[0]) for c in crop)  # some are shifted
 
 
 def test_add_clipped_broadcasts_a_perturbation_and_keeps_the_image_range():
