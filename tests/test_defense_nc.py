@@ -84,6 +84,23 @@ def test_nothing_flagged_returns_the_model_unchanged(monkeypatch):
     assert nc.scores_["norms"] == [10.0, 11.0] * 5 and max(nc.scores_["anomaly_index"]) <= 0
 
 
+def test_a_flagged_class_is_unlearned_with_its_reversed_trigger(monkeypatch):
+    clean = load_dataset("digits").train.subset(torch.arange(64))
+    model = create_model_cnn()
+    corner = torch.zeros(1, 16, 16)
+    corner[:, -3:, -3:] = 1
+
+    def reverse(self, m, c, t, g):  # class 0 needs a 9-pixel corner, every other class about 40 pixels
+        return {"mask": corner if t == 0 else torch.full((1, 16, 16), 0.16), "pattern": torch.ones(1, 16, 16),
+                "norm": 9.0 if t == 0 else 40.0 + t, "reached": True, "epochs": 1}
+
+    monkeypatch.setattr(NC, "reverse", reverse)
+    nc = create_defense("nc", "smoke").fit(model, clean)
+    assert nc.targets_ == [0] and nc.target_ == 0 and len(nc.stats_["losses"]) >= 1
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), nc.model_.state_dict().values()))
+    assert torch.equal(nc.triggers_[0][0], corner)
+
+
 def test_validate():
     with pytest.raises(TacreconError, match="unlearning_ratio"):
         NC(unlearning_ratio=1.0).validate()
