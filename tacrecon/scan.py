@@ -64,13 +64,7 @@ def prepare(model: str, dataset: str, options: dict[str, Any], device: torch.dev
     data = load_dataset(dataset, root=options.get("data_root"), device=device)
     loaded = load_any(model, weights=options.get("weights"), head=options.get("head"),
                       normalize=options.get("normalize"), num_classes=data.num_classes, dataset=dataset, device=device)
-    made_for = loaded.meta.get("dataset") if loaded.kind in ("artifact", "checkpoint") else None
-    if loaded.kind == "artifact" and made_for != data.name:  # its poisoned indices are into made_for's split
-        raise TacreconError(f"{model} is an attack artifact on {made_for}, not on {data.name}: pass --dataset {made_for}")
-    shape = loaded.meta.get("input_shape")
-    if shape is not None and tuple(shape) != tuple(data.input_shape):
-        raise TacreconError(f"{model} takes {'x'.join(map(str, shape))} images, {data.name}'s are "
-                            f"{'x'.join(map(str, data.input_shape))}")
+    check_made_for(loaded, data, model)
     probe(loaded, data)
     exclude = loaded.artifact.poison_index if loaded.artifact is not None else None
     clean = clean_subset(data.train, options.get("clean_fraction"), options.get("clean_n"), options.get("seed", 0), exclude)
@@ -80,6 +74,18 @@ def prepare(model: str, dataset: str, options: dict[str, Any], device: torch.dev
                             f"{', '.join(map(str, missing[:8]))}{' ...' if len(missing) > 8 else ''}: a scan needs "
                             "every class; draw more with --clean-n or --clean-fraction")
     return loaded, data, clean
+
+
+def check_made_for(loaded: LoadedModel, data: Dataset, model: str) -> None:
+    """An artifact must be on ``data`` (its poisoned indices index that split), a checkpoint must
+    take ``data``'s image shape: one error line otherwise."""
+    made_for = loaded.meta.get("dataset")
+    if loaded.kind == "artifact" and made_for != data.name:
+        raise TacreconError(f"{model} is an attack artifact on {made_for}, not on {data.name}: pass --dataset {made_for}")
+    shape = loaded.meta.get("input_shape")
+    if loaded.kind == "checkpoint" and shape is not None and tuple(shape) != tuple(data.input_shape):
+        raise TacreconError(f"{model} takes {'x'.join(map(str, shape))} images, {data.name}'s are "
+                            f"{'x'.join(map(str, data.input_shape))}")
 
 
 @torch.no_grad()
