@@ -146,3 +146,11 @@ def test_sample_distances_lower_bound_the_universal_shift():
     for i in range(3):
         single = solve_latent_qp(z[i:i + 1], w, b).norms
         assert bool((single >= dist[i] - 1e-9).all())
+
+
+@pytest.mark.parametrize("quantile", [None, 0.9])
+def test_constraint_offsets_in_chunks_equal_one_block(quantile):
+    z, w, b = problem(n=30, d=8, c=7)
+    whole = constraint_offsets(z, w, b, quantile=quantile)
+    for budget in (1, 30 * 7 * 2, 30 * 7 * 3):  # one class, two, three classes of margins at a time
+        assert torch.equal(constraint_offsets(z, w, b, quantile=quantile, budget=budget), whole)

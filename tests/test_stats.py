@@ -47,3 +47,10 @@ def test_min_test_false_positive_rate_is_alpha(count):
 def test_min_test_degenerate_inputs():
     assert min_test_pvalue(torch.tensor([1.0, 2.0])) == 1.0
     assert min_test_pvalue(torch.tensor([1.0, 2.0, float("inf"), float("inf")])) == 1.0
+
+
+def test_anomaly_index_without_spread():
+    # every class at the same cost: nothing stands out; one class apart from identical others: it does
+    assert torch.equal(anomaly_index(torch.full((10,), 3.0)), torch.zeros(10, dtype=torch.float64))
+    index = anomaly_index(torch.tensor([1.0, 3.0, 3.0, 3.0, 3.0]))
+    assert index[0] > 1e6 and bool((index[1:] == 0).all())
