@@ -422,3 +422,16 @@ def test_ray_backend_matches_local(tmp_path):
     a, b = results(tmp_path / "local"), results(tmp_path / "ray")
     for name in a:
         assert a[name]["after"] == b[name]["after"], name
+
+
+def test_a_pool_whose_worker_died_is_rebuilt():
+    import os
+
+    pool = runner.Pool(1)
+    try:
+        lost = pool.submit(os._exit, 1)  # the worker process dies, as under the OOM killer
+        with pytest.raises(Exception):
+            pool.result(lost)
+        assert pool.result(pool.submit(abs, -3)) == 3  # the next job gets a new worker
+    finally:
+        pool.close()
