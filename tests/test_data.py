@@ -239,6 +239,20 @@ def test_imagefolder_tree(tmp_path: Path):
     assert np.array_equal(as_u8(ds.train.x)[0], expected)
 
 
+def test_an_edited_image_in_a_folder_is_decoded_again(tmp_path: Path, cache: Path):
+    # folders are keyed by every file's size and mtime: a replaced image must not be served stale
+    for split, cls, i in (("train", "cat", 0), ("train", "ant", 1), ("test", "cat", 2), ("test", "ant", 3)):
+        (tmp_path / "cifar10" / split / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images(4, size=32)[i]).save(tmp_path / "cifar10" / split / cls / f"{i}.png")
+    first = load_dataset("cifar10", root=tmp_path)
+    target = tmp_path / "cifar10" / "train" / "cat" / "0.png"
+    Image.fromarray(np.full((32, 32, 3), 7, dtype=np.uint8)).save(target)
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    second = load_dataset("cifar10", root=tmp_path)
+    assert not torch.equal(first.train.x, second.train.x)
+    assert bool((as_u8(second.train.x)[1] == 7).all())  # "ant" sorts first: the cat is image 1
+
+
 def tiny_tree(base: Path) -> None:
     """The official Tiny-ImageNet layout: 3 wnids x 2 train images, 2 val images, words.txt."""
     wnids = ["n02", "n01", "n03"]
