@@ -32,7 +32,11 @@ class Attack(Config):
     Args:
         target: the attacker's class for all-to-one attacks.
         rate: poisoning rate, the fraction of the *whole* training split that is poisoned
-            (BackdoorBench's ``pratio``); samples are drawn among the eligible ones.
+            (BackdoorBench's ``pratio``); samples are drawn among the eligible ones, which for a
+            dirty-label attack excludes the samples the attack would not relabel (the target
+            class under all2one). BackdoorBench draws among all samples, so at the same rate
+            about 10% of its poisoned samples (CIFAR-10) keep their label and ours are all real
+            label flips: a slightly stronger attack.
         label_mode: ``all2one`` (every poisoned label -> ``target``) or ``all2all`` (y -> y+1 mod C).
     """
 
