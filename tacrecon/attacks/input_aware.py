@@ -30,7 +30,9 @@ class InputAware(GeneratorAttack):
        25): ``lambda_norm * mean(relu(m - mask_density)) + lambda_div * diversity``; M is frozen.
     2. The classifier (the recipe ``cfg``: SGD, lr schedule, ``cfg.epochs``) and G (Adam) train on
        one loss: in each batch the samples of the fixed poisoned index set get their own trigger
-       and the attack label; as many other samples of the batch get the trigger of a poisoned
+       and the attack label (BackdoorBench instead poisons the first ``rate`` share of every
+       shuffled batch, so each image is poisoned in some epochs and clean in others; the number
+       per batch is the same); as many other samples of the batch get the trigger of a poisoned
        sample and keep their label (the cross samples, which teach that a trigger only works on
        its own image); plus ``lambda_div`` times the diversity loss of G.
 
@@ -42,6 +44,12 @@ class InputAware(GeneratorAttack):
     - The mask epochs come on top of ``cfg.epochs`` (BB counts its 25 of 100 within, so its
       classifier trains 75), so the classifier gets the full recipe; 2 of them (156 steps on
       a 20k-image cifar10 subset) already brought the mask area to 1% of the pixels.
+    - The mask stage's diversity term divides the distance between two images, taken on [0, 1]
+      pixels, by the distance between their masks; BackdoorBench takes the image distance on
+      normalised images (about 4x larger on CIFAR-10, the same on GTSRB), so our effective
+      ``lambda_div`` in that stage is about a quarter of BB's. Found by a review after the CPU
+      grid's Input-Aware artifacts were trained; not changed yet, since a change would leave
+      those artifacts unreproducible by the code (attacks carry no revision number).
     - The cross trigger comes from a poisoned sample of the same batch and the mask stage pairs
       each image with its neighbour in the batch (BB: a second loader for both); G's gradients
       are zeroed after each step (BB never zeroes them); triggers stay float (no PNG round).

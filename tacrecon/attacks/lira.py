@@ -28,8 +28,10 @@ class LiRA(GeneratorAttack):
     3.7), training alternates, for each batch of the first ``trigger_epochs`` (stage 1):
 
     1. a generator step (Adam): T minimises the cross-entropy of the attack label on the batch's
-       poisoned samples, through the current classifier (in eval mode, so this step does not move
-       its batch-norm statistics; its gradients in the classifier are dropped, as in the original);
+       poisoned samples, through the current classifier, its gradients in the classifier dropped
+       as in the original. Unlike BackdoorBench, which runs this step with the classifier in
+       train mode (batch statistics, and running statistics updated by every generator step),
+       ours runs it in eval mode;
     2. a classifier step with the recipe ``cfg`` on ``alpha * CE(clean samples) + (1 - alpha) *
        CE(poisoned samples -> attack label)`` (each a mean over its samples), the poisoned samples
        perturbed by T (eval mode).
@@ -37,6 +39,8 @@ class LiRA(GeneratorAttack):
     The remaining ``cfg.epochs - trigger_epochs`` (stage 2) keep T fixed and only train the
     classifier on the same loss. Choices for the CPU protocol and our poisoning model:
 
+    - T is the Input-Aware-style encoder-decoder (BackdoorBench's default is a stride-2 conv /
+      transposed-conv autoencoder).
     - Only the fixed poisoned index set (``rate`` of the split) is ever perturbed (BB perturbs a
       copy of every sample); stage 2 is the rest of the recipe's one lr schedule (BB: a separate
       fine-tune at lr 0.01 whose result it does not save); the classifier is poisoned with the
