@@ -166,8 +166,11 @@ class Pool(Inline):
     """A pool of ``workers`` spawned processes."""
 
     def __init__(self, workers: int) -> None:
-        self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         self.capacity = workers
+        self.pool = self.new_pool()
+
+    def new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(self.capacity, mp_context=multiprocessing.get_context("spawn"))
 
     def submit(self, fn: Callable[..., dict], *args: Any) -> cf.Future:
         try:
@@ -175,7 +178,7 @@ class Pool(Inline):
         except BrokenProcessPool:  # a worker died (killed, out of memory): its jobs are lost, not the grid
             log.error("a worker process died: starting a new pool")
             self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = cf.ProcessPoolExecutor(self.capacity, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = self.new_pool()
             return self.pool.submit(fn, *args)
 
     def wait(self, pending: list) -> tuple[list, list]:

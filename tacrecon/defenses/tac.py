@@ -542,11 +542,12 @@ class TAC(Defense):
         scan.second_qp, scan.second_detection = robust, look
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
-        num_classes = as_classifier(model).num_classes
+        classifier = as_classifier(model)  # once: a raw module would get a new adapter (and head hook) per call
+        num_classes = classifier.num_classes
         if self.force_target >= num_classes:
             raise TacreconError(f"force_target {self.force_target} is not a class of this model (0..{num_classes - 1})")
         start = time.perf_counter()
-        scan = self.scan(model, clean)
+        scan = self.scan(classifier, clean)
         qp, found = scan.qp, scan.detection
         self.stats_["scan_seconds"] = time.perf_counter() - start
         self.stats_["qp_iterations"] = int(qp.iterations.sum())
@@ -567,7 +568,6 @@ class TAC(Defense):
         if not targets or not self.repair:
             return
         start = time.perf_counter()
-        classifier = as_classifier(model)
         pad = self.crop_padding if self.crop_padding >= 0 else clean.x.shape[-1] // 8
         cfg = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, label_smoothing=0.0,
                           schedule="cosine", crop_padding=pad, flip=False, progress=True, weight_decay=5e-4)
