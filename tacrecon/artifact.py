@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tacrecon.attacks import Attack, create_attack
+from tacrecon.attacks import ATTACKS, Attack, create_attack
 from tacrecon.config import differences
 from tacrecon.data import Dataset, load_dataset
 from tacrecon.errors import TacreconError
@@ -53,6 +53,19 @@ def is_complete(out: str | Path) -> bool:
     return (Path(out) / ATTACK_JSON).is_file()
 
 
+def stored_revision(record: dict[str, Any]) -> int:
+    """The attack code revision an attack.json ``record`` was made by (1 before revisions existed)."""
+    return int(record.get("attack_revision", 1))
+
+
+def is_current(out: str | Path) -> bool:
+    """True when ``out`` holds a finished artifact made by this code's revision of its attack."""
+    if not is_complete(out):
+        return False
+    record = read_json(Path(out) / ATTACK_JSON)
+    return stored_revision(record) == ATTACKS.get(record["attack"]).revision
+
+
 def evaluate(model: nn.Module, attack: Attack, data: Dataset) -> dict[str, float | None]:
     """ACC on the clean test split, and ASR / RA of ``attack`` (None for the ``none`` attack)."""
     metrics: dict[str, float | None] = {"acc": accuracy(model, data.test), "asr": None, "ra": None}
@@ -63,12 +76,13 @@ def evaluate(model: nn.Module, attack: Attack, data: Dataset) -> dict[str, float
 
 def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str | Path | None = None,
                device: torch.device | str = "cpu", seed: int = 0, attack_kwargs: dict[str, Any] | None = None,
-               train_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+               train_overrides: dict[str, Any] | None = None, retrain_outdated: bool = False) -> dict[str, Any]:
     """Train a backdoored ``arch`` on ``dataset`` with attack ``name`` and save the artifact.
 
     A complete artifact at ``out`` made with the same inputs is reused as is (one made with
-    others is an error naming them); an incomplete one is deleted and redone. Returns the
-    attack.json record.
+    others is an error naming them); an incomplete one is deleted and redone. One made by an
+    earlier revision of the attack's code (``Attack.revision``) is an error, or with
+    ``retrain_outdated`` deleted and redone. Returns the attack.json record.
     """
     out = Path(out)
     attack = create_attack(name, **(attack_kwargs or {}))
@@ -78,8 +92,14 @@ def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str
         asked = {"attack": attack.name, "dataset": dataset, "arch": arch, "seed": seed,
                  "attack_config": attack.to_dict(), "train_config": cfg.to_dict()}
         check_reusable(out, record, asked)
-        log.info("reusing the complete artifact in %s", out)
-        return record
+        old = stored_revision(record)
+        if old == attack.revision:
+            log.info("reusing the complete artifact in %s", out)
+            return record
+        if not retrain_outdated:
+            raise TacreconError(f"{out} holds an artifact made by revision {old} of the {attack.name} attack's code, "
+                                f"this is revision {attack.revision}: delete it to retrain")
+        log.warning("%s was made by revision %d of %s: retraining it", out, old, attack.name)
     check_output_folder(out)
     leftovers = [p.name for p in out.iterdir()] if out.is_dir() else []
     foreign = [n for n in leftovers if n not in ARTIFACT_FILES and not n.endswith(".tmp")]
@@ -88,7 +108,8 @@ def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str
                             "give an empty or new folder")
     data = load_dataset(dataset, root=root, device=device)
     if leftovers:
-        log.warning("%s holds an incomplete artifact: redoing it", out)
+        log.warning("%s holds an incomplete or outdated artifact: redoing it", out)
+        (out / ATTACK_JSON).unlink(missing_ok=True)  # first, so a kill mid-way never leaves a "complete" folder
         shutil.rmtree(out)
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -97,7 +118,8 @@ def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str
     model = build_model(arch, kwargs, seed).to(device)
     index = attack.train(model, data.train, cfg, generator)
     seconds = time.perf_counter() - start
-    record = {"attack": attack.name, "attack_config": attack.to_dict(), "dataset": dataset, "arch": arch,
+    record = {"attack": attack.name, "attack_revision": attack.revision, "attack_config": attack.to_dict(),
+              "dataset": dataset, "arch": arch,
               "seed": seed, **evaluate(model, attack, data), "poisoned": int(index.numel()),
               "train_samples": len(data.train), "seconds": seconds, "train_config": cfg.to_dict(),
               "provenance": provenance(device)}

@@ -54,6 +54,20 @@ def test_mask_density_loss_falls_as_the_mask_gets_sparse(digits):
     assert before > 0 and after < 0.5 * before
 
 
+def test_mask_stage_diversity_is_measured_on_normalised_images(digits):
+    # BackdoorBench feeds normalised images: the image distance is over the per-channel std
+    attack = ready(digits, lambda_norm=0.0)
+    x = digits.train.x[:16]
+    z = x / torch.tensor(digits.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        m = attack.mask(x)
+        expected = diversity_loss(z, z.roll(1, 0), m, m.roll(1, 0))
+        on_pixels = diversity_loss(x, x.roll(1, 0), m, m.roll(1, 0))
+        assert float(attack.mask_loss(x)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(expected) > 1.5 * float(on_pixels)  # digits' std is well under 1
+    assert attack.revision == 2
+
+
 def test_diversity_loss_is_positive_and_small_for_diverse_outputs():
     x1, x2 = torch.zeros(4, 1, 8, 8), torch.ones(4, 1, 8, 8)
     same = diversity_loss(x1, x2, x1, x1)  # identical outputs for different inputs: huge

@@ -255,6 +255,30 @@ def test_a_cell_made_by_an_earlier_revision_of_the_code_is_run_again(tmp_path, m
     assert runner.cell_state(cell, out) == "stale"
 
 
+def test_an_artifact_made_by_an_earlier_attack_revision_is_retrained_with_its_cells(tmp_path, monkeypatch):
+    from tacrecon.artifact import run_attack
+    from tacrecon.attacks import ATTACKS
+    config = BenchConfig.from_dict(TINY)
+    out = tmp_path / "out"
+    run_grid(config, out, progress=False)
+    cells = expand(config)
+    art = cells[0].artifact_path(out / "artifacts")
+    first = json.loads((art / "attack.json").read_text())
+    assert first["attack_revision"] == 1
+    assert json.loads(cells[1].result_path(out).read_text())["attack_record"]["attack_revision"] == 1
+    monkeypatch.setattr(ATTACKS.get("badnets"), "revision", 2)
+    assert [runner.cell_state(c, out) for c in cells] == ["stale", "stale"]
+    with pytest.raises(TacreconError, match="made by revision 1 of the badnets attack's code, this is revision 2"):
+        run_attack("badnets", "digits", "test_cnn", art, seed=0, train_overrides={"epochs": 1})
+    summary = run_grid(config, out, dry_run=True)
+    assert summary["stale"] == 2 and summary["artifacts_to_train"] == 1
+    summary = run_grid(config, out, progress=False)
+    assert summary["done"] == 2 and summary["failed"] == 0
+    again = json.loads((art / "attack.json").read_text())
+    assert again["attack_revision"] == 2 and again["provenance"] != first["provenance"]
+    assert [runner.cell_state(c, out) for c in cells] == ["done", "done"]
+
+
 def test_a_config_with_tuples_reads_back_as_done(tmp_path):
     # NAD's betas and layers are tuples; the stored JSON holds lists, which must still match
     from tacrecon.defenses import create_defense

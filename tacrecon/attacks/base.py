@@ -46,6 +46,9 @@ class Attack(Config):
 
     clean_label: ClassVar[bool] = False  # poison only target-class samples, keep their labels
     learned: ClassVar[bool] = False  # the trigger is trained (it lives in state_dict, not in the seed)
+    # bumped when a code change alters what setup/train/apply make; an artifact records it, and
+    # the bench retrains an artifact (and reruns its cells) made by an earlier revision
+    revision: ClassVar[int] = 1
 
     def validate(self) -> None:
         if not 0 < self.rate < 1:

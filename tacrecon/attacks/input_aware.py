@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from tacrecon.attacks.base import ATTACKS
 from tacrecon.attacks.generators import (GeneratorAttack, cotrain, diversity_loss, seeded_net, set_lr,
                                          train_batches)
-from tacrecon.data.split import Split
+from tacrecon.data.split import Dataset, Split
 from tacrecon.errors import TacreconError
 from tacrecon.train import LossFn, TrainConfig, cross_entropy
 
@@ -44,12 +45,12 @@ class InputAware(GeneratorAttack):
     - The mask epochs come on top of ``cfg.epochs`` (BB counts its 25 of 100 within, so its
       classifier trains 75), so the classifier gets the full recipe; 2 of them (156 steps on
       a 20k-image cifar10 subset) already brought the mask area to 1% of the pixels.
-    - The mask stage's diversity term divides the distance between two images, taken on [0, 1]
-      pixels, by the distance between their masks; BackdoorBench takes the image distance on
-      normalised images (about 4x larger on CIFAR-10, the same on GTSRB), so our effective
-      ``lambda_div`` in that stage is about a quarter of BB's. Found by a review after the CPU
-      grid's Input-Aware artifacts were trained; not changed yet, since a change would leave
-      those artifacts unreproducible by the code (attacks carry no revision number).
+    - Both diversity terms measure image and pattern distances in the space the model sees:
+      divided by the dataset's per-channel std (BB feeds the nets normalised images and
+      normalises G's pattern); the mask is not normalised. Revision 2. Revision 1 measured them
+      on [0, 1] pixels, which made the mask stage's term about a quarter of BB's on CIFAR-10
+      (std ~0.25). On GTSRB BB's models see [0, 1] pixels, ours the train split's normalisation,
+      so the two differ there by the same factor the other way.
     - The cross trigger comes from a poisoned sample of the same batch and the mask stage pairs
       each image with its neighbour in the batch (BB: a second loader for both); G's gradients
       are zeroed after each step (BB never zeroes them); triggers stay float (no PNG round).
@@ -75,6 +76,8 @@ class InputAware(GeneratorAttack):
     lambda_norm: float = 100.0
     mask_density: float = 0.032
 
+    revision: ClassVar[int] = 2  # 2: diversity distances on normalised tensors (BB), not [0, 1] pixels
+
     def validate(self) -> None:
         super().validate()
         if self.generator_width < 1 or self.mask_epochs < 0:
@@ -86,6 +89,15 @@ class InputAware(GeneratorAttack):
             raise TacreconError(f"mask_density must be in (0, 1), got {self.mask_density}")
 
     # --- trigger -----------------------------------------------------------------------------
+
+    def setup(self, data: Dataset, generator: torch.Generator) -> None:
+        super().setup(data, generator)
+        self.std_ = torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def normalised(self, x: Tensor) -> Tensor:
+        """``x`` over the dataset's per-channel std, so distances are those the model sees (the
+        mean cancels in a difference): (N, C, H, W) -> (N, C, H, W). Needs :meth:`setup`."""
+        return x / self.std_.to(x.device)
 
     def nets(self, seed: int) -> dict[str, nn.Module]:
         """The pattern generator G and the mask generator M."""
@@ -151,7 +163,8 @@ class InputAware(GeneratorAttack):
         """M's stage-1 loss on a batch (N >= 2); each image is paired with the next one."""
         m = self.mask(x)
         density = F.relu(m - self.mask_density).mean()
-        return self.lambda_norm * density + self.lambda_div * diversity_loss(x, x.roll(1, 0), m, m.roll(1, 0))
+        z = self.normalised(x)
+        return self.lambda_norm * density + self.lambda_div * diversity_loss(z, z.roll(1, 0), m, m.roll(1, 0))
 
     def _joint_loss(self, chosen: Tensor, x: Tensor, y: Tensor, cfg: TrainConfig,
                     generator: torch.Generator) -> LossFn:
@@ -175,7 +188,8 @@ class InputAware(GeneratorAttack):
             ce = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
             if n == 0:
                 return ce
-            return ce + self.lambda_div * diversity_loss(x_bd[:n], x_cross, p_bd[:n], p_cross)
+            z = self.normalised
+            return ce + self.lambda_div * diversity_loss(z(x_bd[:n]), z(x_cross), z(p_bd[:n]), z(p_cross))
 
         return loss
 

@@ -26,8 +26,10 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from tacrecon.attacks import ATTACKS
 from tacrecon.bench.cells import Cell, expand, select
 from tacrecon.bench.config import BenchConfig
+from tacrecon.artifact import is_current
 from tacrecon.config import differences
 from tacrecon.defenses import create_defense
 from tacrecon.errors import TacreconError
@@ -65,7 +67,8 @@ def artifact_job(cell: Cell, out: str, artifacts: str, root: str | None, device:
     try:
         with file_lock(path.parent / f".{path.name}.lock"):
             run_attack(cell.attack, cell.dataset, cell.arch, path, root=root, device=device, seed=cell.seed,
-                       attack_kwargs=cell.attack_params, train_overrides={**cell.train, "progress": progress})
+                       attack_kwargs=cell.attack_params, train_overrides={**cell.train, "progress": progress},
+                       retrain_outdated=True)
         return {"ok": True, "error": None}
     except Exception as e:  # recorded in every cell of the artifact; the grid goes on
         log.error("artifact %s failed: %s", path, e)
@@ -75,7 +78,7 @@ def artifact_job(cell: Cell, out: str, artifacts: str, root: str | None, device:
 
 def cell_job(cell: Cell, out: str, artifacts: str, root: str | None, device: str, threads: int | None) -> dict[str, Any]:
     """Run the defense of ``cell`` on its (existing) artifact and write its result JSON."""
-    from tacrecon.artifact import load_artifact
+    from tacrecon.artifact import load_artifact, stored_revision
     from tacrecon.data import load_dataset
     from tacrecon.defend import defend_artifact
     from tacrecon.defenses import create_defense
@@ -92,6 +95,7 @@ def cell_job(cell: Cell, out: str, artifacts: str, root: str | None, device: str
         record = defend_artifact(defense, art, data, seed=cell.seed, clean_fraction=cell.clean_fraction,
                                  clean_n=cell.clean_n)
         attack = {k: art.record[k] for k in ("acc", "asr", "ra", "seconds", "poisoned", "attack_config", "train_config")}
+        attack["attack_revision"] = stored_revision(art.record)
         result = {"status": "done", "request": cell.key, **record, "attack_record": attack,
                   "cell_seconds": time.perf_counter() - start, "provenance": provenance(device)}
         atomic_write_json(cell.result_path(Path(out)), result)
@@ -111,7 +115,8 @@ def record_failure(cell: Cell, out: str, error: str, trace: str | None, device: 
 
 def cell_state(cell: Cell, out: Path) -> str:
     """``missing``, ``done``, or ``stale``: finished under another resolved defense config, or by
-    an earlier revision of the defense's code (``Defense.revision``; 1 where a record has none).
+    an earlier revision of the defense's code (``Defense.revision``; 1 where a record has none),
+    or on an artifact made by an earlier revision of the attack's code (``Attack.revision``).
 
     A cell's path and request hold only the overrides, so a changed default (a new threshold, a
     budget that grew) leaves the request equal; the stored ``defense_config`` is compared with
@@ -127,7 +132,8 @@ def cell_state(cell: Cell, out: Path) -> str:
         raise TacreconError(f"{path} was made by other inputs ({differences(request, cell.key)}): use another --out")
     defense = create_defense(cell.defense, cell.budget, **cell.defense_params)
     as_stored = json.loads(json.dumps(defense.to_dict()))  # tuples read back as lists
-    same_code = stored.get("defense_revision", 1) == defense.revision
+    same_code = (stored.get("defense_revision", 1) == defense.revision
+                 and (stored.get("attack_record") or {}).get("attack_revision", 1) == ATTACKS.get(cell.attack).revision)
     return "done" if same_code and stored.get("defense_config") == as_stored else "stale"
 
 
@@ -272,11 +278,12 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
     todo = [c for c in cells if states[c.label] != "done"]
     stale = [c for c in todo if states[c.label] == "stale"]
     for cell in stale:
-        log.warning("cell %s was made with another %s config or code revision: running it again", cell.label, cell.defense)
+        log.warning("cell %s was made with another %s config or code revision, or its attack's: running it again",
+                    cell.label, cell.defense)
     groups: dict[Path, list[Cell]] = {}
     for cell in todo:
         groups.setdefault(cell.artifact_path(artifacts), []).append(cell)
-    missing = [p for p in groups if not (p / "attack.json").is_file()]
+    missing = [p for p in groups if not is_current(p)]
     summary = {"cells": len(cells), "finished_before": len(cells) - len(todo), "to_run": len(todo),
                "artifacts_to_train": len(missing), "stale": len(stale), "done": 0, "failed": 0}
     if dry_run or not todo:
