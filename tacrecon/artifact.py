@@ -12,7 +12,6 @@ and is redone; a folder with it is reused without retraining, if it was made wit
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -24,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from tacrecon.attacks import ATTACKS, Attack, create_attack
-from tacrecon.config import differences
+from tacrecon.config import as_stored, differences
 from tacrecon.data import Dataset, load_dataset
 from tacrecon.errors import TacreconError
 from tacrecon.io import (atomic_write_bytes, atomic_write_json, check_output_folder, load_checkpoint, provenance,
@@ -130,10 +129,9 @@ def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str
 def check_reusable(out: Path, record: dict[str, Any], asked: dict[str, Any]) -> None:
     """Raise unless the stored ``record`` was made with the inputs ``asked`` (attack, dataset,
     arch, seed, resolved attack and train configs; the progress bar setting does not count)."""
-    def as_json(d: dict[str, Any]) -> dict[str, Any]:  # tuples read back as lists; the bar setting never counts
-        d = json.loads(json.dumps(d))
+    def as_json(d: dict[str, Any]) -> dict[str, Any]:  # the bar setting never counts
         return {k: ({kk: vv for kk, vv in v.items() if kk != "progress"} if isinstance(v, dict) else v)
-                for k, v in d.items()}
+                for k, v in as_stored(d).items()}
 
     diff = differences(as_json({k: record.get(k) for k in asked}), as_json(asked))
     if diff:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from typing import Any, Mapping, TypeVar
 
@@ -27,6 +28,11 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
                                                  not (hint is int and isinstance(value, bool))):
         raise TacreconError(f"{name} must be {hint.__name__}, got {value!r}")
     return value
+
+
+def as_stored(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file (tuples become lists), to compare with a record."""
+    return json.loads(json.dumps(value))
 
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any], labels: tuple[str, str] = ("stored", "asked")) -> str:

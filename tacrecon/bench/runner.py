@@ -13,7 +13,6 @@ import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
 import contextlib
 import fcntl
-import json
 import logging
 import multiprocessing
 import os
@@ -30,7 +29,7 @@ from tacrecon.attacks import ATTACKS
 from tacrecon.bench.cells import Cell, expand, select
 from tacrecon.bench.config import BenchConfig
 from tacrecon.artifact import is_current
-from tacrecon.config import differences
+from tacrecon.config import as_stored, differences
 from tacrecon.defenses import create_defense
 from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_json, check_output_folder, provenance, read_json
@@ -131,10 +130,9 @@ def cell_state(cell: Cell, out: Path) -> str:
     if request != cell.key:
         raise TacreconError(f"{path} was made by other inputs ({differences(request, cell.key)}): use another --out")
     defense = create_defense(cell.defense, cell.budget, **cell.defense_params)
-    as_stored = json.loads(json.dumps(defense.to_dict()))  # tuples read back as lists
     same_code = (stored.get("defense_revision", 1) == defense.revision
                  and (stored.get("attack_record") or {}).get("attack_revision", 1) == ATTACKS.get(cell.attack).revision)
-    return "done" if same_code and stored.get("defense_config") == as_stored else "stale"
+    return "done" if same_code and stored.get("defense_config") == as_stored(defense.to_dict()) else "stale"
 
 
 def parse_only(items: list[str]) -> dict[str, list[str]]:
