@@ -396,6 +396,25 @@ def test_report_bold_needs_a_rival_a_gain_and_every_seed(tmp_path):
     assert "| wanet | 2 | 85.0±0.0 / 95.0±0.0 | **84.0±0.0 / 10.0±0.0** | **84.0±0.0 / 10.0±0.0** |" in md  # a tie
 
 
+def test_report_sets_tac_against_the_best_other_defense(tmp_path):
+    for seed in (0, 1):
+        for attack, ders in [("badnets", {"tac": 0.90, "ft": 0.70, "fp": 0.80}),
+                             ("blended", {"tac": 0.80, "ft": 0.95, "fp": 0.60}),
+                             ("wanet", {"tac": 0.90, "ft": 0.898})]:
+            hand_cell(tmp_path, attack, seed, "none", 0.85, 0.95, 0.5)
+            for d, der in ders.items():
+                hand_cell(tmp_path, attack, seed, d, 0.84, 0.10, der)
+    hand_cell(tmp_path, "sig", 0, "tac", 0.84, 0.10, 0.6)  # no rival over the same seeds: no row
+    hand_cell(tmp_path, "sig", 1, "ft", 0.84, 0.10, 0.9)
+    hand_cell(tmp_path, "none", 0, "tac", 0.86, None, None)
+    md = write_report(tmp_path)["md"]
+    assert "### tac against the best other defense (wins 1, tie 1, loses 1;" in md
+    assert "| cifar10/resnet_small | badnets | 2 | 0.900 | 84.0±0.0 / 10.0±0.0 | fp | 0.800 |" in md
+    assert "| blended | 2 | 0.800 | 84.0±0.0 / 10.0±0.0 | ft | 0.950 | 84.0±0.0 / 10.0±0.0 | -0.150 | loses |" in md
+    assert "| wanet | 2 | 0.900 |" in md and "| +0.002 | tie |" in md
+    assert "| sig |" not in md.split("### tac against")[1]
+
+
 def test_report_reads_the_attack_from_the_result_not_the_folder(tmp_path):
     # an overridden train budget puts a hash on every folder, the clean model's too
     hand_cell(tmp_path, "none", 0, "tac", 0.86, None, None, target=0, norms=[1.0, 5.0, 5.1], folder="none-abcdef12")

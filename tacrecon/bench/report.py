@@ -3,7 +3,8 @@
 Every cell shows ``ACC / ASR`` after the defense (percent); the best defense of each attacked row
 (highest mean DER over the row's seeds, above 0.5) is in bold. A second table gives the
 detection of the defenses that flag a class (TAC, NC): on backdoored models how often the attack's
-target was flagged, on clean models how often any class was (false positives). Files written into
+target was flagged, on clean models how often any class was (false positives). A third sets TAC
+against the best other defense of each row (DER, margin, wins / loses). Files written into
 DIR: report.md, report.csv, report.html (one self-contained page with the plots inlined),
 asr_vs_acc_<dataset>_<arch>.png, plots/<defense>_*.png (per-class norms of the scans).
 """
@@ -127,9 +128,8 @@ def tables(rows: list[Row]) -> list[dict[str, Any]]:
                 text = acc if group[0].asr is None else f"{acc} / {fmt([r.asr for r in group])}"
                 done = len({r.seed for r in group})
                 cells.append(text if done == seeds else f"{text} [{done}]")  # a grid still running
-                d_values = [r.der for r in group if r.der is not None]
                 full = done == seeds and d != "none"  # the attacked model itself is the reference, not a rival
-                ders.append(statistics.fmean(d_values) if d_values and full else None)
+                ders.append(mean_der(group) if full else None)
             body.append([attack, str(seeds), *cells])
             bold.append(best_cells(ders))
         out.append({"title": f"{dataset} / {arch}", "header": ["attack", "seeds", *defenses], "body": body,
@@ -167,6 +167,49 @@ def detection(rows: list[Row]) -> dict[str, Any] | None:
         body.append([f"{key[0]}/{key[1]}", key[2], *cells])
     return {"title": "detection (target flagged / models; FP = clean models flagged)",
             "header": ["data/arch", "attack", *detectors], "body": body, "bold": [[] for _ in body]}
+
+
+def mean_der(group: list[Row]) -> float | None:
+    values = [r.der for r in group if r.der is not None]
+    return statistics.fmean(values) if values else None
+
+
+def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
+    """Where ``focus`` wins and loses: for each attacked row whose seeds it covers, its mean DER
+    against the best other defense's (over the same seeds), and the margin. None without ``focus``.
+
+    DER = (max(0, ASR drop) - max(0, ACC drop) + 1) / 2, so a margin of 0.01 is one point of ASR
+    removed (or of ACC kept) more than the rival, on average.
+    """
+    if not any(r.defense == focus for r in rows):
+        return None
+    body = []
+    for key in sorted({(r.dataset, r.arch, r.attack) for r in rows if not r.clean}):
+        sub = [r for r in rows if (r.dataset, r.arch, r.attack) == key]
+        seeds = {r.seed for r in sub}
+        by_defense = {d: [r for r in sub if r.defense == d] for d in {r.defense for r in sub} - {"none"}}
+        full = {d: g for d, g in by_defense.items() if {r.seed for r in g} == seeds and mean_der(g) is not None}
+        if focus not in full or len(full) < 2:
+            continue
+        ours = mean_der(full[focus])
+        rival = max((d for d in full if d != focus), key=lambda d: mean_der(full[d]))
+        theirs = mean_der(full[rival])
+        margin = ours - theirs
+        verdict = "tie" if abs(margin) < 5e-3 else "wins" if margin > 0 else "loses"
+
+        def entry(group: list[Row]) -> str:
+            return f"{fmt([r.acc for r in group])} / {fmt([r.asr for r in group])}"
+
+        body.append([f"{key[0]}/{key[1]}", key[2], str(len(seeds)), f"{ours:.3f}", entry(full[focus]), rival,
+                     f"{theirs:.3f}", entry(full[rival]), f"{margin:+.3f}", verdict])
+    if not body:
+        return None
+    tally = ", ".join(f"{v} {sum(row[-1] == v for row in body)}" for v in ("wins", "tie", "loses"))
+    return {"title": f"{focus} against the best other defense ({tally}; mean DER over the row's seeds, "
+                     "tie: within 0.005)",
+            "header": ["data/arch", "attack", "seeds", f"{focus} DER", f"{focus} ACC / ASR", "best other",
+                       "its DER", "its ACC / ASR", "margin", focus],
+            "body": body, "bold": [[] for _ in body]}
 
 
 def legend(rows: list[Row]) -> str | None:
@@ -236,12 +279,12 @@ def write_report(out: str | Path) -> dict[str, str]:
         raise TacreconError(f"{out}: no finished cell to report" + (f" ({failed} failed)" if failed else ""))
     blocks = tables(rows)
     found = detection(rows)
+    extra = [t for t in (found, versus(rows)) if t]
     names = legend(rows)
     note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
             + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds ([n]: over only n of the row's "
             "seeds, the rest not run yet); bold: the highest DER of the row (above 0.5, over all its seeds).")
-    md = "\n\n".join([note, *(markdown(t) for t in blocks), *([markdown(found)] if found else []),
-                       *([names] if names else [])]) + "\n"
+    md = "\n\n".join([note, *(markdown(t) for t in blocks + extra), *([names] if names else [])]) + "\n"
     figures = []
     for dataset, arch in sorted({(r.dataset, r.arch) for r in rows}):
         png = scatter_png([r for r in rows if (r.dataset, r.arch) == (dataset, arch)], f"{dataset}/{arch}")
@@ -264,7 +307,7 @@ def write_report(out: str | Path) -> dict[str, str]:
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:3px 8px;text-align:right}figure{display:inline-block;margin:1em}</style></head><body>"
             f"<h2>tacrecon benchmark report</h2><p>{html.escape(note)}</p>"
-            + "".join(html_table(t) for t in blocks) + (html_table(found) if found else "")
+            + "".join(html_table(t) for t in blocks + extra)
             + (f"<p>{html.escape(names)}</p>" if names else "") + images + "</body></html>")
     texts = {"md": md, "html": page, "csv": csv_text(rows)}
     for fmt_name, text in texts.items():
