@@ -34,7 +34,9 @@ class TrainConfig(Config):
 
     lr is the peak learning rate for a batch of ``batch_size``; ``schedule`` is ``onecycle``
     (linear warm-up over ``warmup`` of the steps, then linear decay to 0), ``cosine`` (cosine
-    decay from lr, no warm-up) or ``constant``.
+    decay from lr, no warm-up) or ``constant``. ``amp``: bf16 autocast on CUDA (no effect on the
+    CPU), for every loop that uses this config, the defenses' fine-tunes included (BackdoorBench:
+    fp16 AMP in FT, FP and NC; fp32 in FT-SAM's loop and NAD's student).
     """
 
     epochs: int = 18

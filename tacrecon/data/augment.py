@@ -8,7 +8,8 @@ from torch import Tensor
 
 
 def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
-    """Pad by ``padding`` (reflect) and crop back at a random offset per image.
+    """Pad by ``padding`` (reflect; torchvision's RandomCrop, as BackdoorBench uses it, pads with
+    zeros) and crop back at a random offset per image.
 
     Args:
         x: images (N, C, H, W).

@@ -128,6 +128,8 @@ class ANP(Defense):
             than this fraction of the unpruned model's.
         holdout: fraction of the clean set held out for that choice (the masks learn on the rest).
         crop_padding, flip: the train augmentation of the mask batches (-1: 1/8 of the side).
+            No flip by default: BackdoorBench's mask batches use its train transform, which
+            flips CIFAR-10 (``flip=True`` matches it there).
 
     The published recipe (BackdoorBench ``config/defense/anp``): eps 0.4, 1 step, alpha 0.2, mask
     lr 0.01 (the original code: 0.2), 2,000 updates of 256, thresholds 0 to 0.90 by 0.05, acc

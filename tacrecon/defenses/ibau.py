@@ -134,7 +134,9 @@ class IBAU(Defense):
     Args:
         rounds: unlearning rounds (BackdoorBench's n_rounds).
         K: fixed-point iterations of the hypergradient.
-        lr: the outer Adam learning rate (betas 0.9/0.999, no weight decay, constant).
+        lr: the outer Adam learning rate (betas 0.9/0.999, no weight decay, constant; plain
+            Adam, where BackdoorBench's optimizer factory builds Adam with ``amsgrad=True``, which
+            over 50 steps hardly differs).
         batch_size: samples per batch.
         pert_lr: SGD learning rate of the perturbation pass.
         reg: weight of ||u||^2 in the inner loss.

@@ -142,8 +142,10 @@ class NC(FinetuneDefense):
 
     Deviations from BackdoorBench: the triggers are stamped in floating point (BackdoorBench
     stamps PNGs saved min-max rescaled, with uint8 wrap-around); a class whose search never
-    reached the success threshold is scored with its last mask (BackdoorBench fails); the stamped
-    fifth of the clean set is drawn at random from ``generator``.
+    reached the success threshold is scored with its last mask (BackdoorBench with its mask after
+    the first epoch); the stamped fifth of the clean set is drawn at random from ``generator``;
+    the fine-tuned model is the result (BackdoorBench reports the fine-tuned model's metrics but
+    saves the reloaded backdoored weights).
     """
 
     paper: ClassVar[str] = ("Wang et al. 2019, Neural Cleanse: Identifying and Mitigating Backdoor Attacks in "

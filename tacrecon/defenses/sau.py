@@ -137,7 +137,8 @@ class SAU(Defense):
 
     Args:
         epochs: passes over the clean set (BackdoorBench's n_rounds).
-        lr: Adam learning rate (betas 0.9/0.999, no weight decay, constant).
+        lr: Adam learning rate (betas 0.9/0.999, no weight decay, constant; plain Adam, where
+            BackdoorBench's optimizer factory builds Adam with ``amsgrad=True``).
         batch_size: samples per batch.
         eps: L_inf radius of the perturbation, in [0, 1] pixel units (trigger_norm).
         adv_lr, adv_steps, init: PGD step size, steps and start.

@@ -28,8 +28,10 @@ class FinetuneDefense(Defense):
         epochs: passes over the clean set.
         lr: peak SGD learning rate (cosine decay to 0 over the run).
         batch_size: samples per step.
-        momentum, weight_decay: SGD's (weight decay not on biases and norm weights).
-        crop_padding: random-crop shift in pixels (-1: 1/8 of the image side, 4 on 32x32; 0: off).
+        momentum, weight_decay: SGD's (weight decay not on biases and norm weights; BackdoorBench
+            decays every parameter).
+        crop_padding: random-crop shift in pixels (-1: 1/8 of the image side, 4 on 32x32; 0: off),
+            padding by reflection (BackdoorBench's RandomCrop pads with zeros).
         flip: random horizontal flips (BackdoorBench: on for CIFAR-10).
     """
 
