@@ -192,15 +192,16 @@ def scan_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def verdict(scan: dict[str, Any]) -> str:
     p = f"p = {scan['p_value']:.3g}"
-    k = min(range(len(scan["norms"])), key=lambda j: scan["norms"][j]) if scan["target"] is None else scan["target"]
-    stats = f"anomaly index {scan['anomaly_index'][k]:.2f}, norm {scan['relative'][k]:.0%} of the median, {p}"
+    k = min(range(len(scan["relative"])), key=lambda j: scan["relative"][j]) if scan["target"] is None else scan["target"]
+    median = "the median for its class frequency" if scan.get("prior") else "the median"
+    stats = f"anomaly index {scan['anomaly_index'][k]:.2f}, norm {scan['relative'][k]:.0%} of {median}, {p}"
     if scan["target"] is None:
-        return f"no backdoor found (smallest norm: class {k}, {stats})"
+        return f"no backdoor found (smallest relative norm: class {k}, {stats})"
     why = ", unusually hard to reach: clean-label poisoning" if k in scan.get("unreachable", []) else ""
     if k in scan.get("second", []):
         i, rel = scan["second_anomaly_index"][k], scan["second_relative"][k]
         why = (f"; found by the second look (robust QP, q {scan['second_quantile']}): anomaly index {i:.2f}, "
-               f"norm {rel:.0%} of the median")
+               f"norm {rel:.0%} of {median}")
     others = [t for t in scan.get("targets", [k]) if t != k]
     more = f"; also flagged: class{'es' if len(others) > 1 else ''} {', '.join(map(str, others))}" if others else ""
     return f"BACKDOORED: poisoned class {k} ({scan['target_name']}), {stats}{why}{more}"

@@ -48,7 +48,7 @@ def scan_record(tac: TAC, data: Dataset, seconds: float) -> dict[str, Any]:
             "anomaly_index": tac.scores_["anomaly_index"], "relative": tac.scores_["relative"],
             "p_value": tac.scores_["p_value"], "rule": tac.rule, "threshold": tac.threshold, "alpha": tac.alpha,
             "max_relative": tac.max_relative, "high_relative": tac.high_relative, "unreachable": tac.unreachable_,
-            "kkt_residual": tac.scores_["kkt_residual"], "seconds": seconds, "scan_seconds": tac.stats_["scan_seconds"],
+            "kkt_residual": tac.scores_["kkt_residual"], "prior": tac.scores_["prior"], "seconds": seconds, "scan_seconds": tac.stats_["scan_seconds"],
             "second_quantile": tac.second_quantile, "second_threshold": tac.second_threshold,
             "second_max_relative": tac.second_max_relative, "second": tac.second_,
             **{k: v for k, v in tac.scores_.items() if k.startswith("second_")}}
@@ -129,8 +129,9 @@ def write_outputs(record: dict[str, Any], data: Dataset, json_path: Any, plot_pa
                                           if record["backdoored"] else "no backdoor found")
         ratio = record["score"] == "ratio"
         if "second_relative" in record and not ratio:  # both looks, each norm over its median
-            plot_norms(record["relative"], record["targets"], plot_path, data.classes, title[-90:],
-                       "norm / median norm", second=record["second_relative"], bound=record["second_max_relative"])
+            label = "norm / median norm" + (" (class-count corrected)" if record.get("prior") else "")
+            plot_norms(record["relative"], record["targets"], plot_path, data.classes, title[-90:], label,
+                       second=record["second_relative"], bound=record["second_max_relative"])
             return
         plot_norms(record["ratios" if ratio else "norms"], record["targets"], plot_path, data.classes, title[-90:],
                    "||s_k|| / mean per-sample distance" if ratio else "||s_k|| (minimal latent shift)")

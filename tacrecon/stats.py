@@ -36,6 +36,27 @@ def relative_scores(scores: Tensor) -> Tensor:
     return scores.double() / finite.median().clamp_min(1e-12)
 
 
+def theil_sen_slope(x: Tensor, y: Tensor) -> float:
+    """Median of the pairwise slopes (y_j - y_i) / (x_j - x_i) over the pairs with x_i != x_j
+    ((n,) each): a line fit that a few outliers (a backdoor target) cannot move. 0 without pairs."""
+    x, y = x.double().flatten(), y.double().flatten()
+    i, j = torch.triu_indices(len(x), len(x), 1)
+    dx = x[j] - x[i]
+    ok = dx.abs() > 1e-12
+    return float(((y[j] - y[i])[ok] / dx[ok]).median()) if bool(ok.any()) else 0.0
+
+
+def count_prior(scores: Tensor, counts: Tensor) -> Tensor:
+    """The part of each class's score (C,) that its frequency explains: ``(n_k / median n)^b``,
+    with b the :func:`theil_sen_slope` of log score on log count ``n_k`` (C,) over the finite
+    scores. Dividing the scores by it leaves a class judged against classes of its own frequency
+    (a frequent class of an imbalanced data set is cheap to reach without any backdoor)."""
+    log_n = counts.double().clamp_min(1).log()
+    finite = torch.isfinite(scores) & (scores > 0)
+    slope = theil_sen_slope(log_n[finite], scores[finite].double().log())
+    return torch.exp(slope * (log_n - log_n.median()))
+
+
 def min_deviate(values: np.ndarray) -> float:
     """(x_min - mean of the others) / (std of the others): how far the smallest value stands out."""
     order = np.sort(values)

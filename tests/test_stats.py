@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tacrecon.stats import anomaly_index, min_test_pvalue, relative_scores
+from tacrecon.stats import anomaly_index, count_prior, min_test_pvalue, relative_scores, theil_sen_slope
 
 
 def test_anomaly_index_by_hand():
@@ -54,3 +54,28 @@ def test_anomaly_index_without_spread():
     assert torch.equal(anomaly_index(torch.full((10,), 3.0)), torch.zeros(10, dtype=torch.float64))
     index = anomaly_index(torch.tensor([1.0, 3.0, 3.0, 3.0, 3.0]))
     assert index[0] > 1e6 and bool((index[1:] == 0).all())
+
+
+def test_theil_sen_slope_ignores_an_outlier_and_equal_x():
+    x = torch.arange(10, dtype=torch.float64)
+    y = 2 * x + 1
+    y[3] = -50.0  # one wild point moves least squares, not the median of the slopes
+    assert theil_sen_slope(x, y) == pytest.approx(2.0)
+    assert theil_sen_slope(torch.ones(5), torch.arange(5.0)) == 0.0  # no pair with distinct x
+
+
+def test_count_prior_recovers_the_power_law_and_spares_the_outlier():
+    counts = torch.tensor([400, 200, 100, 50, 25, 400, 200, 100, 50, 25])
+    norms = 3.0 * counts.double() ** -0.5
+    norms[4] *= 0.4  # a rare class made cheap: the backdoor target
+    prior = count_prior(norms, counts)
+    corrected = norms / prior
+    others = torch.cat([corrected[:4], corrected[5:]])
+    torch.testing.assert_close(others, torch.full_like(others, float(others[0])))
+    assert float(corrected[4]) == pytest.approx(0.4 * float(others[0]))
+    # the uncorrected norms hide it: a frequent class is cheaper than the target
+    assert float(norms[0]) < float(norms[4])
+    assert float(count_prior(norms, torch.full((10,), 50))[0]) == 1.0  # equal counts: no correction
+    with_inf = norms.clone()
+    with_inf[1] = float("inf")  # an unreachable class does not enter the fit
+    torch.testing.assert_close(count_prior(with_inf, counts), prior)

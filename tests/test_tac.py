@@ -143,6 +143,7 @@ def test_clean_model_not_flagged_and_left_unchanged(planted):
     art, clean = planted["none"]
     tac = TAC().fit(art.model, clean)
     assert tac.target_ is None and tac.targets_ == []
+    assert tac.scores_["prior"] is None  # a random fifth of digits is balanced enough: no correction
     assert "repair_seconds" not in tac.stats_
     for a, b in zip(art.model.state_dict().values(), tac.model_.state_dict().values()):
         assert torch.equal(a, b)
@@ -181,6 +182,32 @@ def test_tac_config_is_strict():
         TAC.from_dict({"treshold": 2})
     with pytest.raises(TacreconError, match="quantile"):
         TAC.from_dict({"quantile": 0})
+
+
+def test_class_prior_only_where_the_clean_counts_are_imbalanced():
+    norms = torch.tensor([1.0, 1.2, 0.9, 1.1])
+    balanced = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 3])  # 3 / 2 = 1.5 < 2: sampling noise
+    imbalanced = torch.tensor([0] * 8 + [1] * 4 + [2] * 2 + [3] * 2)
+    assert TAC().class_prior(norms, balanced, 4) is None
+    assert TAC().class_prior(norms, imbalanced, 4) is not None
+    assert TAC(prior="off").class_prior(norms, imbalanced, 4) is None
+    assert TAC(prior="counts").class_prior(norms, balanced, 4) is not None
+    assert TAC(prior_ratio=10).class_prior(norms, imbalanced, 4) is None
+    with pytest.raises(TacreconError, match="prior in auto, counts, off"):
+        TAC.from_dict({"prior": "yes"})
+
+
+def test_class_prior_turns_a_frequent_clean_class_into_a_typical_one():
+    # 20 classes, norms falling with the count as n^-0.5; class 0 has 4x the images of the others
+    counts = torch.tensor([400] + [100] * 19)
+    norms = counts.double() ** -0.5 * (1 + 0.02 * torch.randn(20, generator=torch.Generator().manual_seed(0)))
+    labels = torch.repeat_interleave(torch.arange(20), counts)
+    assert detect(norms, 3.0, max_relative=0.85).flagged == [0]  # a false positive without the prior
+    prior = TAC().class_prior(norms, labels, 20)
+    assert detect(norms / prior, 3.0, max_relative=0.85).flagged == []
+    norms[12] *= 0.5  # a rare class with a backdoor: cheap for its frequency
+    prior = TAC().class_prior(norms, labels, 20)
+    assert detect(norms / prior, 3.0, max_relative=0.85).flagged == [12]
 
 
 def test_universality_ratios_are_at_least_one(digits):

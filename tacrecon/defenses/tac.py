@@ -24,7 +24,7 @@ from tacrecon.errors import TacreconError
 from tacrecon.metrics import predict, rate
 from tacrecon.models import Classifier, as_classifier
 from tacrecon.qp import QPResult, sample_distances, solve_latent_qp
-from tacrecon.stats import anomaly_index, min_test_pvalue, relative_scores
+from tacrecon.stats import count_prior, anomaly_index, min_test_pvalue, relative_scores
 from tacrecon.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ class Detection:
 class Scan:
     """Phases 1a and 1b on one model (:meth:`TAC.scan`).
 
-    ``qp`` and ``detection`` are the plain QP and its test; ``ratios`` (C,) the universality
-    ratios; ``latents`` (N, d) the clean latents; ``shifts`` (C, d) the TAC s_t of every class
+    ``qp`` and ``detection`` are the plain QP and its test (on the norms over ``prior``, where the
+    class-count correction is on); ``ratios`` (C,) the universality ratios; ``latents`` (N, d) the clean latents; ``shifts`` (C, d) the TAC s_t of every class
     (the robust one for a class found only by the second look); ``second`` those classes, with
     the robust QP and its test in ``second_qp`` and ``second_detection`` (None: no second look).
     """
@@ -95,6 +95,8 @@ class Scan:
     second: list[int] = field(default_factory=list)
     second_qp: QPResult | None = None
     second_detection: Detection | None = None
+    prior: Tensor | None = None  # (C,) the class-count prior the plain norms were divided by (None: off)
+    second_prior: Tensor | None = None
 
     @property
     def flagged(self) -> list[int]:
@@ -196,7 +198,8 @@ def next_units(shift: Tensor, taken: Sequence[int], count: int, scale: Tensor | 
 
 def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: list[int], stop: float = 1.0,
                step: int = 1, max_units: int | None = None, quantile: float | None = None,
-               scale: Tensor | None = None, exclude: Sequence[int] = ()) -> tuple[list[int], list[list[float]]]:
+               scale: Tensor | None = None, exclude: Sequence[int] = (),
+               prior: Tensor | None = None) -> tuple[list[int], list[list[float]]]:
     """Phase 2a (pruning): the latent units that carry the reconstructed TACs, removed greedily.
 
     Repeats: solve the QP with the current head (``weight`` (C, d) with the pruned columns
@@ -206,6 +209,7 @@ def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: li
     one), or ``max_units`` are pruned. Uses the clean ``latents`` (N, d) only. ``scale`` (d,)
     ranks the units by |s_t| / scale instead (e.g. their clean spread; None: by |s_t|).
     ``exclude``: units already pruned (for another class), kept zeroed and not counted.
+    ``prior`` (C,): the norms are divided by it first (the scan's class-count prior).
 
     Returns:
         the pruned units in order, and the targets' relative norms before each step.
@@ -219,7 +223,7 @@ def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: li
     history: list[list[float]] = []
     while True:
         qp = solve_latent_qp(z, w, b, quantile=quantile)
-        rel = relative_scores(qp.norms)[targets]
+        rel = relative_scores(qp.norms if prior is None else qp.norms / prior)[targets]
         history.append(rel.tolist())
         if bool((rel >= stop).all()) or len(pruned) >= limit:
             return pruned, history
@@ -378,6 +382,21 @@ class TAC(Defense):
             against 8). The relative bound is the binding half: no class that is not a target
             lies below 0.887 x median at q 0.95 on any tuning model; at q 0.9 digits clean models
             reach 0.735, so lower quantiles flag clean classes.
+        prior, prior_ratio: the class-count correction (ours). On an imbalanced data set a frequent
+            class is cheap to reach without any backdoor (the head's prior): the norms follow the
+            class counts (GTSRB: Spearman -0.98, docs/benchmarks/tac_class_frequency.md). With the
+            correction each look's scores are divided by :func:`~tacrecon.stats.count_prior`, a
+            Theil-Sen power law of the clean set's class counts (robust to the target), before the
+            test, so a class is judged against classes of its own frequency; the pruning's stop
+            uses the same corrected norms. ``auto``: on when the clean set's class counts span at
+            least ``prior_ratio`` (2: far above the sampling noise of a balanced set, CIFAR-10's
+            5% draw spans about 1.3), ``counts``: always, ``off``: never. The clean set stands in
+            for the training split: drawn at random from it (as ``bench`` and ``--clean-fraction``
+            draw it), its counts carry the imbalance; a balanced clean set carries none and leaves
+            the correction off. Chosen on imbalanced digits (benchmarks/tac_class_prior_digits.py,
+            tuning seeds 100-109, classes thinned to 1x-0.1x): with a drawn clean set TAC found 3
+            of 10 BadNets targets and flagged a wrong class on 6 of 20 models without it, 7 of 10
+            and 3 of 20 with it; the head's bias as the prior instead did worse (4 of 10, 9 of 20).
         force_target: repair this class (only) even if the model looks clean (-1: off).
             Otherwise every flagged class is repaired (multi-target attacks), each with its s_t.
         repair: fine-tune after detection (False: scan only).
@@ -445,7 +464,8 @@ class TAC(Defense):
                              "Changes in Latent Representation, https://arxiv.org/abs/2511.08944")
     budgets: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "smoke": {"epochs": 1, "force_target": 0,
                                                                          "surrogate_steps": 10}}
-    revision: ClassVar[int] = 4  # 2: the high side is pruned (prune_to_peak); 3: surrogate triggers; 4: second look
+    # 2: the high side is pruned (prune_to_peak); 3: surrogate triggers; 4: second look; 5: class-count prior
+    revision: ClassVar[int] = 5
 
     score: str = "norm"
     bias: bool = True
@@ -477,6 +497,8 @@ class TAC(Defense):
     second_quantile: float = 0.95
     second_threshold: float = 2.0
     second_max_relative: float = 0.85
+    prior: str = "auto"
+    prior_ratio: float = 2.0
 
     def validate(self) -> None:
         if not 0 < self.quantile <= 1:
@@ -506,6 +528,9 @@ class TAC(Defense):
         if not 0 <= self.second_quantile < 1 or self.second_threshold <= 0 or not 0 < self.second_max_relative <= 1:
             raise TacreconError(f"need second_quantile in [0, 1), second_threshold > 0 and second_max_relative in "
                                 f"(0, 1], got {self.second_quantile}, {self.second_threshold}, {self.second_max_relative}")
+        if self.prior not in ("auto", "counts", "off") or not self.prior_ratio >= 1:
+            raise TacreconError(f"need prior in auto, counts, off and prior_ratio >= 1, got {self.prior!r}, "
+                                f"{self.prior_ratio}")
         if self.surrogate_steps < 1 or self.surrogate_lr <= 0:
             raise TacreconError(f"need surrogate_steps >= 1 and surrogate_lr > 0, got {self.surrogate_steps}, "
                                 f"{self.surrogate_lr}")
@@ -524,22 +549,35 @@ class TAC(Defense):
         z = latents_of(classifier, clean.x)
         qp = reconstruct(classifier, clean, self.bias, self.quantile_or_none, z)
         ratios = universality_ratios(classifier, z, clean.y, qp, self.bias)
-        found = detect(qp.norms if self.score == "norm" else ratios, self.threshold, self.alpha, self.rule,
+        scores = qp.norms if self.score == "norm" else ratios
+        prior = self.class_prior(scores, clean.y, classifier.num_classes)
+        found = detect(scores if prior is None else scores / prior, self.threshold, self.alpha, self.rule,
                        self.max_relative, self.high_relative)
-        result = Scan(qp, found, ratios, z, qp.shifts)
+        result = Scan(qp, found, ratios, z, qp.shifts, prior=prior)
         if self.second_quantile > 0:
             self.second_look(classifier, clean, result)
         return result
+
+    def class_prior(self, scores: Tensor, labels: Tensor, num_classes: int) -> Tensor | None:
+        """The class-count prior (C,) that ``scores`` (C,) are divided by before the test, from the
+        clean ``labels`` (N,); None where ``prior`` leaves the correction off."""
+        counts = torch.bincount(labels.cpu(), minlength=num_classes)
+        present = counts[counts > 0]
+        if self.prior == "off" or (self.prior == "auto" and int(present.max()) < self.prior_ratio * int(present.min())):
+            return None
+        return count_prior(scores, counts)
 
     def second_look(self, model: Classifier, clean: Split, scan: Scan) -> None:
         """The robust QP (``second_quantile``), read with its own thresholds: the classes it flags
         that the plain test did not are added to ``scan.second``, and their TAC is the robust s_t."""
         robust = reconstruct(model, clean, self.bias, self.second_quantile, scan.latents)
-        look = detect(robust.norms, self.second_threshold, max_relative=self.second_max_relative)
+        prior = self.class_prior(robust.norms, clean.y, model.num_classes)
+        look = detect(robust.norms if prior is None else robust.norms / prior, self.second_threshold,
+                      max_relative=self.second_max_relative)
         scan.second = [k for k in look.flagged if k not in scan.detection.flagged]
         scan.shifts = scan.shifts.clone()
         scan.shifts[scan.second] = robust.shifts[scan.second]
-        scan.second_qp, scan.second_detection = robust, look
+        scan.second_qp, scan.second_detection, scan.second_prior = robust, look, prior
 
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
         classifier = as_classifier(model)  # once: a raw module would get a new adapter (and head hook) per call
@@ -553,13 +591,17 @@ class TAC(Defense):
         self.stats_["qp_iterations"] = int(qp.iterations.sum())
         self.scores_ = {"score": self.score, "norms": qp.norms.tolist(), "ratios": scan.ratios.tolist(),
                         "anomaly_index": found.anomaly_index.tolist(), "relative": found.relative.tolist(),
-                        "p_value": found.p_value, "kkt_residual": float(qp.kkt_residual.nan_to_num(0).max())}
+                        "p_value": found.p_value, "kkt_residual": float(qp.kkt_residual.nan_to_num(0).max()),
+                        "prior": None if scan.prior is None else scan.prior.tolist()}
         if scan.second_qp is not None:
             look = scan.second_detection
             self.scores_.update(second_norms=scan.second_qp.norms.tolist(),
                                 second_anomaly_index=look.anomaly_index.tolist(),
-                                second_relative=look.relative.tolist())
+                                second_relative=look.relative.tolist(),
+                                second_prior=None if scan.second_prior is None else scan.second_prior.tolist())
         self.shifts_ = scan.shifts
+        self.prior_ = scan.prior if self.score == "norm" else self.class_prior(qp.norms, clean.y, num_classes)
+        self.second_prior_ = scan.second_prior
         self.targets_ = scan.flagged
         self.unreachable_ = found.unreachable
         self.second_ = scan.second
@@ -611,11 +653,11 @@ class TAC(Defense):
         limit = int(self.prune_max * d)
         low = [t for t in targets if t not in self.unreachable_ and t not in self.second_]
         units, history = (prune_plan(latents, head.weight, bias, low, self.prune_stop, step, limit,
-                                     self.quantile_or_none, scale) if low else ([], []))
+                                     self.quantile_or_none, scale, prior=self.prior_) if low else ([], []))
         second = [t for t in targets if t in self.second_]
         if second:  # found by the second look: pruned until its robust norm is typical
             more, later = prune_plan(latents, head.weight, bias, second, self.prune_stop, step, limit - len(units),
-                                     self.second_quantile, scale, exclude=units)
+                                     self.second_quantile, scale, exclude=units, prior=self.second_prior_)
             units, history = units + more, history + later
         peaks = {}
         for t in (t for t in targets if t in self.unreachable_):
