@@ -1,6 +1,7 @@
 """TAC's class-count prior on GTSRB tuning models (seeds 100+): what each look flags with and without it.
 
-Usage: python benchmarks/tac_class_prior_gtsrb.py [--runs runs/tuning] [--seeds 100] [--data-root DIR]
+Usage: python benchmarks/tac_class_prior_gtsrb.py [--runs runs/tuning] [--seeds 100] [--attacks none badnets]
+       [--data-root DIR]
 
 Trains (or reuses) a clean and a BadNets resnet_small on GTSRB per tuning seed (the CPU protocol's
 recipe, target 0), scans each with TAC (scan only, the protocol's 5% clean set drawn from the
@@ -34,12 +35,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/tuning"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[100])
+    parser.add_argument("--attacks", nargs="+", default=["none", "badnets"])
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
     start = time.perf_counter()
     rows, records = [], []
     for seed in args.seeds:
-        for attack in ("none", "badnets"):
+        for attack in args.attacks:
             out = args.runs / "gtsrb" / attack / f"seed{seed}"
             made = run_attack(attack, "gtsrb", "resnet_small", out, root=args.data_root, seed=seed,
                               train_overrides={"progress": False})
