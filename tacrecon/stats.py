@@ -46,6 +46,17 @@ def theil_sen_slope(x: Tensor, y: Tensor) -> float:
     return float(((y[j] - y[i])[ok] / dx[ok]).median()) if bool(ok.any()) else 0.0
 
 
+def imbalance_pvalue(counts: Tensor) -> float:
+    """p-value of Pearson's chi-square test that ``counts`` (C,) were drawn from equal class
+    probabilities: small when a clean set's class counts are evidence of an imbalanced source."""
+    c = counts.double().flatten()
+    if len(c) < 2 or float(c.sum()) == 0:
+        return 1.0
+    expected = c.sum() / len(c)
+    statistic = ((c - expected) ** 2 / expected).sum()
+    return float(torch.special.gammaincc(torch.tensor((len(c) - 1) / 2, dtype=torch.float64), statistic / 2))
+
+
 def count_prior(scores: Tensor, counts: Tensor) -> Tensor:
     """The part of each class's score (C,) that its frequency explains: ``(n_k / median n)^b``,
     with b the :func:`theil_sen_slope` of log score on log count ``n_k`` (C,) over the finite

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tacrecon.stats import anomaly_index, count_prior, min_test_pvalue, relative_scores, theil_sen_slope
+from tacrecon.stats import anomaly_index, count_prior, imbalance_pvalue, min_test_pvalue, relative_scores, theil_sen_slope
 
 
 def test_anomaly_index_by_hand():
@@ -79,3 +79,14 @@ def test_count_prior_recovers_the_power_law_and_spares_the_outlier():
     with_inf = norms.clone()
     with_inf[1] = float("inf")  # an unreachable class does not enter the fit
     torch.testing.assert_close(count_prior(with_inf, counts), prior)
+
+
+def test_imbalance_pvalue_tells_sampling_noise_from_imbalance():
+    assert imbalance_pvalue(torch.tensor([100] * 10)) == 1.0
+    # 72 images of a balanced source: spans 3.5x by chance, the test does not reject
+    assert imbalance_pvalue(torch.tensor([6, 4, 8, 11, 4, 6, 14, 7, 8, 4])) > 0.1
+    assert imbalance_pvalue(torch.tensor([112, 60, 30, 15, 11] * 4)) < 1e-6  # GTSRB-like
+    # the chi-square survival function: 9 degrees of freedom, statistic 16.92 -> p = 0.05
+    counts = torch.tensor([10.0] * 10)
+    counts[0], counts[1] = 10 + 16.92 ** 0.5 * 10 ** 0.5 / 2 ** 0.5, 10 - 16.92 ** 0.5 * 10 ** 0.5 / 2 ** 0.5
+    assert imbalance_pvalue(counts) == pytest.approx(0.05, abs=1e-3)

@@ -187,13 +187,15 @@ def test_tac_config_is_strict():
 def test_class_prior_only_where_the_clean_counts_are_imbalanced():
     norms = torch.tensor([1.0, 1.2, 0.9, 1.1])
     balanced = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 3])  # 3 / 2 = 1.5 < 2: sampling noise
-    imbalanced = torch.tensor([0] * 8 + [1] * 4 + [2] * 2 + [3] * 2)
+    imbalanced = torch.repeat_interleave(torch.arange(4), torch.tensor([80, 40, 20, 20]))
     assert TAC().class_prior(norms, balanced, 4) is None
     assert TAC().class_prior(norms, imbalanced, 4) is not None
     assert TAC(prior="off").class_prior(norms, imbalanced, 4) is None
     assert TAC(prior="counts").class_prior(norms, balanced, 4) is not None
     assert TAC(prior_ratio=10).class_prior(norms, imbalanced, 4) is None
-    with pytest.raises(TacreconError, match="prior in auto, counts, off"):
+    noisy = torch.repeat_interleave(torch.arange(10), torch.tensor([6, 4, 8, 11, 4, 6, 14, 7, 8, 4]))
+    assert TAC().class_prior(torch.rand(10), noisy, 10) is None  # spans 3.5x, by chance alone
+    with pytest.raises(TacreconError, match="prior in auto, counts, off, prior_ratio"):
         TAC.from_dict({"prior": "yes"})
 
 

@@ -24,7 +24,7 @@ from tacrecon.errors import TacreconError
 from tacrecon.metrics import predict, rate
 from tacrecon.models import Classifier, as_classifier
 from tacrecon.qp import QPResult, sample_distances, solve_latent_qp
-from tacrecon.stats import count_prior, anomaly_index, min_test_pvalue, relative_scores
+from tacrecon.stats import count_prior, imbalance_pvalue, anomaly_index, min_test_pvalue, relative_scores
 from tacrecon.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -382,15 +382,17 @@ class TAC(Defense):
             against 8). The relative bound is the binding half: no class that is not a target
             lies below 0.887 x median at q 0.95 on any tuning model; at q 0.9 digits clean models
             reach 0.735, so lower quantiles flag clean classes.
-        prior, prior_ratio: the class-count correction (ours). On an imbalanced data set a frequent
+        prior, prior_ratio, prior_alpha: the class-count correction (ours). On an imbalanced data set a frequent
             class is cheap to reach without any backdoor (the head's prior): the norms follow the
             class counts (GTSRB: Spearman -0.98, docs/benchmarks/tac_class_frequency.md). With the
             correction each look's scores are divided by :func:`~tacrecon.stats.count_prior`, a
             Theil-Sen power law of the clean set's class counts (robust to the target), before the
             test, so a class is judged against classes of its own frequency; the pruning's stop
             uses the same corrected norms. ``auto``: on when the clean set's class counts span at
-            least ``prior_ratio`` (2: far above the sampling noise of a balanced set, CIFAR-10's
-            5% draw spans about 1.3), ``counts``: always, ``off``: never. The clean set stands in
+            least ``prior_ratio`` (2; CIFAR-10's 5% draw spans about 1.3, GTSRB's about 10) and a
+            chi-square test rejects equal class probabilities at ``prior_alpha`` (1e-3), so that
+            the sampling noise of a small balanced clean set (a 5% digits draw holds 3 to 12
+            images a class) does not turn it on; ``counts``: always; ``off``: never. The clean set stands in
             for the training split: drawn at random from it (as ``bench`` and ``--clean-fraction``
             draw it), its counts carry the imbalance; a balanced clean set carries none and leaves
             the correction off. Chosen on imbalanced digits (benchmarks/tac_class_prior_digits.py,
@@ -499,6 +501,7 @@ class TAC(Defense):
     second_max_relative: float = 0.85
     prior: str = "auto"
     prior_ratio: float = 2.0
+    prior_alpha: float = 1e-3
 
     def validate(self) -> None:
         if not 0 < self.quantile <= 1:
@@ -528,9 +531,9 @@ class TAC(Defense):
         if not 0 <= self.second_quantile < 1 or self.second_threshold <= 0 or not 0 < self.second_max_relative <= 1:
             raise TacreconError(f"need second_quantile in [0, 1), second_threshold > 0 and second_max_relative in "
                                 f"(0, 1], got {self.second_quantile}, {self.second_threshold}, {self.second_max_relative}")
-        if self.prior not in ("auto", "counts", "off") or not self.prior_ratio >= 1:
-            raise TacreconError(f"need prior in auto, counts, off and prior_ratio >= 1, got {self.prior!r}, "
-                                f"{self.prior_ratio}")
+        if self.prior not in ("auto", "counts", "off") or not self.prior_ratio >= 1 or not 0 < self.prior_alpha <= 1:
+            raise TacreconError(f"need prior in auto, counts, off, prior_ratio >= 1 and prior_alpha in (0, 1], got "
+                                f"{self.prior!r}, {self.prior_ratio}, {self.prior_alpha}")
         if self.surrogate_steps < 1 or self.surrogate_lr <= 0:
             raise TacreconError(f"need surrogate_steps >= 1 and surrogate_lr > 0, got {self.surrogate_steps}, "
                                 f"{self.surrogate_lr}")
@@ -563,7 +566,8 @@ class TAC(Defense):
         clean ``labels`` (N,); None where ``prior`` leaves the correction off."""
         counts = torch.bincount(labels.cpu(), minlength=num_classes)
         present = counts[counts > 0]
-        if self.prior == "off" or (self.prior == "auto" and int(present.max()) < self.prior_ratio * int(present.min())):
+        spread = int(present.max()) >= self.prior_ratio * int(present.min())
+        if self.prior == "off" or (self.prior == "auto" and not (spread and imbalance_pvalue(counts) < self.prior_alpha)):
             return None
         return count_prior(scores, counts)
 
