@@ -124,8 +124,7 @@ def tables(rows: list[Row]) -> list[dict[str, Any]]:
                     cells.append("")
                     ders.append(None)
                     continue
-                acc = fmt([r.acc for r in group])
-                text = acc if group[0].asr is None else f"{acc} / {fmt([r.asr for r in group])}"
+                text = cell_text(group)
                 done = len({r.seed for r in group})
                 cells.append(text if done == seeds else f"{text} [{done}]")  # a grid still running
                 full = done == seeds and d != "none"  # the attacked model itself is the reference, not a rival
@@ -135,6 +134,12 @@ def tables(rows: list[Row]) -> list[dict[str, Any]]:
         out.append({"title": f"{dataset} / {arch}", "header": ["attack", "seeds", *defenses], "body": body,
                     "bold": bold})
     return out
+
+
+def cell_text(group: list[Row]) -> str:
+    """``ACC / ASR`` of a cell's rows (ACC alone for a clean model), mean±std over its seeds."""
+    acc = fmt([r.acc for r in group])
+    return acc if group[0].asr is None else f"{acc} / {fmt([r.asr for r in group])}"
 
 
 def best_cells(ders: list[float | None]) -> list[int]:
@@ -187,21 +192,16 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
     for key in sorted({(r.dataset, r.arch, r.attack) for r in rows if not r.clean}):
         sub = [r for r in rows if (r.dataset, r.arch, r.attack) == key]
         seeds = {r.seed for r in sub}
-        by_defense = {d: [r for r in sub if r.defense == d] for d in {r.defense for r in sub} - {"none"}}
-        full = {d: g for d, g in by_defense.items() if {r.seed for r in g} == seeds and mean_der(g) is not None}
-        if focus not in full or len(full) < 2:
+        groups = {d: [r for r in sub if r.defense == d] for d in {r.defense for r in sub} - {"none"}}
+        ders = {d: mean_der(g) for d, g in groups.items() if {r.seed for r in g} == seeds}
+        ders = {d: v for d, v in ders.items() if v is not None}
+        if focus not in ders or len(ders) < 2:
             continue
-        ours = mean_der(full[focus])
-        rival = max((d for d in full if d != focus), key=lambda d: mean_der(full[d]))
-        theirs = mean_der(full[rival])
-        margin = ours - theirs
+        rival = max((d for d in ders if d != focus), key=ders.get)
+        margin = ders[focus] - ders[rival]
         verdict = "tie" if abs(margin) < 5e-3 else "wins" if margin > 0 else "loses"
-
-        def entry(group: list[Row]) -> str:
-            return f"{fmt([r.acc for r in group])} / {fmt([r.asr for r in group])}"
-
-        body.append([f"{key[0]}/{key[1]}", key[2], str(len(seeds)), f"{ours:.3f}", entry(full[focus]), rival,
-                     f"{theirs:.3f}", entry(full[rival]), f"{margin:+.3f}", verdict])
+        body.append([f"{key[0]}/{key[1]}", key[2], str(len(seeds)), f"{ders[focus]:.3f}", cell_text(groups[focus]),
+                     rival, f"{ders[rival]:.3f}", cell_text(groups[rival]), f"{margin:+.3f}", verdict])
     if not body:
         return None
     tally = ", ".join(f"{v} {sum(row[-1] == v for row in body)}" for v in ("wins", "tie", "loses"))
