@@ -38,12 +38,14 @@ def relative_scores(scores: Tensor) -> Tensor:
 
 def theil_sen_slope(x: Tensor, y: Tensor) -> float:
     """Median of the pairwise slopes (y_j - y_i) / (x_j - x_i) over the pairs with x_i != x_j
-    ((n,) each): a line fit that a few outliers (a backdoor target) cannot move. 0 without pairs."""
+    ((n,) each): a line fit that a few outliers (a backdoor target) cannot move. 0 without pairs.
+    The usual median: the mean of the two middle slopes when their number is even (torch's
+    ``median`` would take the lower one)."""
     x, y = x.double().flatten(), y.double().flatten()
     i, j = torch.triu_indices(len(x), len(x), 1)
     dx = x[j] - x[i]
     ok = dx.abs() > 1e-12
-    return float(((y[j] - y[i])[ok] / dx[ok]).median()) if bool(ok.any()) else 0.0
+    return float(((y[j] - y[i])[ok] / dx[ok]).quantile(0.5)) if bool(ok.any()) else 0.0
 
 
 def imbalance_pvalue(counts: Tensor) -> float:

@@ -62,6 +62,8 @@ def test_theil_sen_slope_ignores_an_outlier_and_equal_x():
     y[3] = -50.0  # one wild point moves least squares, not the median of the slopes
     assert theil_sen_slope(x, y) == pytest.approx(2.0)
     assert theil_sen_slope(torch.ones(5), torch.arange(5.0)) == 0.0  # no pair with distinct x
+    # two pairs with distinct x, slopes 1 and 3: the median is their mean, not the lower one
+    assert theil_sen_slope(torch.tensor([0.0, 0.0, 1.0]), torch.tensor([0.0, 2.0, 3.0])) == pytest.approx(2.0)
 
 
 def test_count_prior_recovers_the_power_law_and_spares_the_outlier():
