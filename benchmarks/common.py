@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from tacrecon.io import atomic_write_bytes, atomic_write_json, provenance
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
@@ -33,6 +35,20 @@ def write_result(name: str, record: dict[str, Any], table: str, device: str = "c
               f"`{command}` in {seconds:.0f} s.\n\n")
     atomic_write_bytes(DOCS / f"{name}.md", (header + table).encode())
     return DOCS / f"{name}.md"
+
+
+def ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..n-1 of ``values`` (n,), ties broken by order."""
+    out = torch.empty(len(values), dtype=torch.float64)
+    out[torch.argsort(values, stable=True)] = torch.arange(len(values), dtype=torch.float64)
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation of two equally long lists (finite values only)."""
+    ra, rb = ranks(torch.tensor(a, dtype=torch.float64)), ranks(torch.tensor(b, dtype=torch.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra @ rb) / (ra.norm() * rb.norm()))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

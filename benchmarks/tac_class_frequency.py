@@ -18,22 +18,8 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
+from common import markdown_table, spearman, write_result
 from tacrecon.data import load_dataset
-
-
-def ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks 0..n-1 of ``values`` (n,), ties broken by order (the counts here have few ties)."""
-    out = torch.empty(len(values), dtype=torch.float64)
-    out[torch.argsort(values, stable=True)] = torch.arange(len(values), dtype=torch.float64)
-    return out
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation of two equally long lists (finite values only)."""
-    ra, rb = ranks(torch.tensor(a, dtype=torch.float64)), ranks(torch.tensor(b, dtype=torch.float64))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra @ rb) / (ra.norm() * rb.norm()))
 
 
 def main() -> None:

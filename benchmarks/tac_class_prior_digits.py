@@ -29,11 +29,10 @@ import argparse
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from common import markdown_table, write_result
+from common import markdown_table, spearman, write_result
 from tacrecon.attacks import create_attack
 from tacrecon.data import Dataset, Split, load_dataset
 from tacrecon.artifact import evaluate
@@ -41,6 +40,7 @@ from tacrecon.defenses.tac import TAC, detect
 from tacrecon.models.adapter import as_classifier
 from tacrecon.recipes import build_model, default_train_config, model_kwargs
 from tacrecon.scan import clean_subset
+from tacrecon.stats import trend_prior
 
 
 def thinned(data: Dataset, ratio: float, generator: torch.Generator) -> tuple[Dataset, torch.Tensor]:
@@ -67,26 +67,9 @@ def balanced_subset(train: Split, per_class: int, seed: int) -> Split:
     return train.subset(torch.cat(picks).sort().values)
 
 
-def theil_sen_residual(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """y minus its Theil-Sen line in x (median of the pairwise slopes, median intercept)."""
-    i, j = np.triu_indices(len(x), 1)
-    dx = x[j] - x[i]
-    ok = np.abs(dx) > 1e-12
-    if not ok.any():
-        return y - np.median(y)
-    slope = np.median((y[j] - y[i])[ok] / dx[ok])
-    return y - slope * x - np.median(y - slope * x)
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def corrected(norms: Tensor, x: np.ndarray) -> Tensor:
-    """``norms`` (C,) over their Theil-Sen power law in ``x`` (C,), back on the norms' scale."""
-    log = np.log(norms.double().cpu().numpy())
-    return torch.tensor(np.exp(theil_sen_residual(log, x) + np.median(log)))
+def corrected(norms: Tensor, x: Tensor) -> Tensor:
+    """``norms`` (C,) over their Theil-Sen power law in ``x`` (C,) (:func:`trend_prior`)."""
+    return norms / trend_prior(norms, x)
 
 
 def verdicts(tac: TAC, plain: TAC, model: torch.nn.Module, clean: Split) -> dict[str, Any]:
@@ -94,13 +77,13 @@ def verdicts(tac: TAC, plain: TAC, model: torch.nn.Module, clean: Split) -> dict
     on norms corrected for the class counts or the head's bias, and by the QP without the bias."""
     scan = tac.scan(model, clean)
     norms = scan.qp.norms
-    counts = torch.bincount(clean.y.cpu(), minlength=len(norms)).double().numpy()
+    counts = torch.bincount(clean.y.cpu(), minlength=len(norms)).double()
     head = as_classifier(model).get_classifier()
-    bias = head.bias.detach().double().cpu().numpy() if head.bias is not None else np.zeros(len(norms))
+    bias = head.bias.detach().double().cpu() if head.bias is not None else torch.zeros(len(norms), dtype=torch.float64)
     out: dict[str, Any] = {"shipped": scan.flagged, "first": scan.detection.flagged,
                            "norms": norms.tolist(), "second_norms": scan.second_qp.norms.tolist(),
-                           "clean_counts": counts.tolist(), "bias": bias.tolist()}
-    for name, x in (("count", np.log(np.maximum(counts, 1))), ("bias", bias)):
+                           "clean_counts": counts.tolist(), "head_bias": bias.tolist()}
+    for name, x in (("count", counts.clamp_min(1).log()), ("bias", bias)):
         first = detect(corrected(norms, x), tac.threshold, tac.alpha, tac.rule, tac.max_relative,
                        tac.high_relative).flagged
         second = detect(corrected(scan.second_qp.norms, x), tac.second_threshold,
@@ -125,7 +108,7 @@ def main() -> None:
     for seed in args.seeds:
         g = torch.Generator().manual_seed(seed)
         data, keep = thinned(base, args.ratio, g)
-        train_counts = torch.bincount(data.train.y).double().numpy()
+        train_counts = torch.bincount(data.train.y).double()
         target = int(torch.randint(data.num_classes, (1,), generator=g))
         for attack_name in ("none", "badnets"):
             attack = create_attack(attack_name, **({"target": target} if attack_name != "none" else {}))
@@ -140,7 +123,7 @@ def main() -> None:
                                       ("balanced", balanced_subset(data.train, 8, seed))):
                 v = verdicts(tac, no_bias, model, clean)
                 others = [k for k in range(data.num_classes) if k != t]
-                rho = spearman(np.array(v["norms"])[others], train_counts[others])
+                rho = spearman([v["norms"][k] for k in others], train_counts[others].tolist())
                 records.append({"seed": seed, "attack": attack_name, "target": t, "clean": clean_name,
                                 "train_counts": train_counts.tolist(), "spearman": rho, **rates, **v})
                 cells = []

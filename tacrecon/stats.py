@@ -59,15 +59,21 @@ def imbalance_pvalue(counts: Tensor) -> float:
     return float(torch.special.gammaincc(torch.tensor((len(c) - 1) / 2, dtype=torch.float64), statistic / 2))
 
 
-def count_prior(scores: Tensor, counts: Tensor) -> Tensor:
-    """The part of each class's score (C,) that its frequency explains: ``(n_k / median n)^b``,
-    with b the :func:`theil_sen_slope` of log score on log count ``n_k`` (C,) over the finite
-    scores. Dividing the scores by it leaves a class judged against classes of its own frequency
-    (a frequent class of an imbalanced data set is cheap to reach without any backdoor)."""
-    log_n = counts.double().clamp_min(1).log()
+def trend_prior(scores: Tensor, x: Tensor) -> Tensor:
+    """The part of each class's score (C,) that a covariate ``x`` (C,) explains:
+    ``exp(b (x_k - median x))``, with b the :func:`theil_sen_slope` of log score on x over the
+    finite positive scores. Dividing the scores by it removes the trend."""
+    x = x.double()
     finite = torch.isfinite(scores) & (scores > 0)
-    slope = theil_sen_slope(log_n[finite], scores[finite].double().log())
-    return torch.exp(slope * (log_n - log_n.median()))
+    slope = theil_sen_slope(x[finite], scores[finite].double().log())
+    return torch.exp(slope * (x - x.median()))
+
+
+def count_prior(scores: Tensor, counts: Tensor) -> Tensor:
+    """:func:`trend_prior` on the log class counts ``n_k`` (C,), i.e. ``(n_k / median n)^b``: the
+    scores divided by it leave a class judged against classes of its own frequency (a frequent
+    class of an imbalanced data set is cheap to reach without any backdoor)."""
+    return trend_prior(scores, counts.double().clamp_min(1).log())
 
 
 def min_deviate(values: np.ndarray) -> float:
