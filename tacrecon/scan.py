@@ -48,7 +48,8 @@ def scan_record(tac: TAC, data: Dataset, seconds: float) -> dict[str, Any]:
             "anomaly_index": tac.scores_["anomaly_index"], "relative": tac.scores_["relative"],
             "p_value": tac.scores_["p_value"], "rule": tac.rule, "threshold": tac.threshold, "alpha": tac.alpha,
             "max_relative": tac.max_relative, "high_relative": tac.high_relative, "unreachable": tac.unreachable_,
-            "kkt_residual": tac.scores_["kkt_residual"], "prior": tac.scores_["prior"], "seconds": seconds, "scan_seconds": tac.stats_["scan_seconds"],
+            "kkt_residual": tac.scores_["kkt_residual"], "prior": tac.scores_["prior"], "seconds": seconds,
+            "scan_seconds": tac.stats_["scan_seconds"],
             "second_quantile": tac.second_quantile, "second_threshold": tac.second_threshold,
             "second_max_relative": tac.second_max_relative, "second": tac.second_,
             **{k: v for k, v in tac.scores_.items() if k.startswith("second_")}}

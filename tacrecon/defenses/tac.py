@@ -24,7 +24,7 @@ from tacrecon.errors import TacreconError
 from tacrecon.metrics import predict, rate
 from tacrecon.models import Classifier, as_classifier
 from tacrecon.qp import QPResult, sample_distances, solve_latent_qp
-from tacrecon.stats import count_prior, imbalance_pvalue, anomaly_index, min_test_pvalue, relative_scores
+from tacrecon.stats import anomaly_index, count_prior, imbalance_pvalue, min_test_pvalue, relative_scores
 from tacrecon.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,10 @@ class Scan:
     """Phases 1a and 1b on one model (:meth:`TAC.scan`).
 
     ``qp`` and ``detection`` are the plain QP and its test (on the norms over ``prior``, where the
-    class-count correction is on); ``ratios`` (C,) the universality ratios; ``latents`` (N, d) the clean latents; ``shifts`` (C, d) the TAC s_t of every class
-    (the robust one for a class found only by the second look); ``second`` those classes, with
-    the robust QP and its test in ``second_qp`` and ``second_detection`` (None: no second look).
+    class-count correction is on); ``ratios`` (C,) the universality ratios; ``latents`` (N, d) the
+    clean latents; ``shifts`` (C, d) the TAC s_t of every class (the robust one for a class found
+    only by the second look); ``second`` those classes, with the robust QP and its test in
+    ``second_qp`` and ``second_detection`` (None: no second look).
     """
 
     qp: QPResult
@@ -382,23 +383,24 @@ class TAC(Defense):
             against 8). The relative bound is the binding half: no class that is not a target
             lies below 0.887 x median at q 0.95 on any tuning model; at q 0.9 digits clean models
             reach 0.735, so lower quantiles flag clean classes.
-        prior, prior_ratio, prior_alpha: the class-count correction (ours). On an imbalanced data set a frequent
-            class is cheap to reach without any backdoor (the head's prior): the norms follow the
-            class counts (GTSRB: Spearman -0.98, docs/benchmarks/tac_class_frequency.md). With the
-            correction each look's scores are divided by :func:`~tacrecon.stats.count_prior`, a
-            Theil-Sen power law of the clean set's class counts (robust to the target), before the
-            test, so a class is judged against classes of its own frequency; the pruning's stop
-            uses the same corrected norms. ``auto``: on when the clean set's class counts span at
-            least ``prior_ratio`` (2; CIFAR-10's 5% draw spans about 1.3, GTSRB's about 10) and a
-            chi-square test rejects equal class probabilities at ``prior_alpha`` (1e-3), so that
-            the sampling noise of a small balanced clean set (a 5% digits draw holds 3 to 12
-            images a class) does not turn it on; ``counts``: always; ``off``: never. The clean set stands in
-            for the training split: drawn at random from it (as ``bench`` and ``--clean-fraction``
-            draw it), its counts carry the imbalance; a balanced clean set carries none and leaves
-            the correction off. Chosen on imbalanced digits (benchmarks/tac_class_prior_digits.py,
-            tuning seeds 100-109, classes thinned to 1x-0.1x): with a drawn clean set TAC found 3
-            of 10 BadNets targets and flagged a wrong class on 6 of 20 models without it, 7 of 10
-            and 3 of 20 with it; the head's bias as the prior instead did worse (4 of 10, 9 of 20).
+        prior, prior_ratio, prior_alpha: the class-count correction (ours). On an imbalanced data
+            set a frequent class is cheap to reach without any backdoor (the head's prior): the
+            norms follow the class counts (GTSRB: Spearman -0.98,
+            docs/benchmarks/tac_class_frequency.md). With the correction each look's scores are
+            divided by :func:`~tacrecon.stats.count_prior`, a Theil-Sen power law of the clean set's
+            class counts (robust to the target), before the test, so a class is judged against
+            classes of its own frequency; the pruning's stop uses the same corrected norms.
+            ``auto``: on when the clean set's class counts span at least ``prior_ratio`` (2;
+            CIFAR-10's 5% draw spans about 1.3, GTSRB's about 10) and a chi-square test rejects
+            equal class probabilities at ``prior_alpha`` (1e-3), so that the sampling noise of a
+            small balanced clean set (a 5% digits draw holds 3 to 12 images a class) does not turn
+            it on; ``counts``: always; ``off``: never. The clean set stands in for the training
+            split: drawn at random from it (as ``bench`` and ``--clean-fraction`` draw it), its
+            counts carry the imbalance; a balanced clean set carries none and leaves the correction
+            off. Chosen on imbalanced digits (benchmarks/tac_class_prior_digits.py, tuning seeds
+            100-109, classes thinned to 1x-0.1x): with a drawn clean set TAC found 3 of 10 BadNets
+            targets and flagged a wrong class on 6 of 20 models without it, 7 of 10 and 3 of 20 with
+            it; the head's bias as the prior instead did worse (4 of 10, 9 of 20).
         force_target: repair this class (only) even if the model looks clean (-1: off).
             Otherwise every flagged class is repaired (multi-target attacks), each with its s_t.
         repair: fine-tune after detection (False: scan only).
