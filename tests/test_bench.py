@@ -275,7 +275,9 @@ def test_an_artifact_made_by_an_earlier_attack_revision_is_retrained_with_its_ce
     summary = run_grid(config, out, progress=False)
     assert summary["done"] == 2 and summary["failed"] == 0
     again = json.loads((art / "attack.json").read_text())
-    assert again["attack_revision"] == 2 and again["provenance"] != first["provenance"]
+    # attack.json now says revision 2, so it was rewritten (provenance's time has one-second
+    # resolution and may match on a fast machine)
+    assert again["attack_revision"] == 2
     assert [runner.cell_state(c, out) for c in cells] == ["done", "done"]
 
 
