@@ -6,6 +6,7 @@ Nothing here unpickles untrusted data: weights are read with safetensors, or wit
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -65,14 +66,20 @@ def read_json(path: str | Path) -> Any:
         raise TacreconError(f"{path}: not valid JSON ({e})") from None
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The commit of the tacrecon source tree (with ``+dirty`` if modified), or None."""
-    root = Path(__file__).resolve().parent.parent
+    """The commit of the tacrecon source tree (with ``+dirty`` if the package's own files are
+    modified; result files beside it do not count), or None.
+
+    Read once per process: a long run (a benchmark grid) keeps the code it imported, so its
+    results name that code's commit, not the one checked out by the time they are written.
+    """
+    package = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+        out = subprocess.run(["git", "-C", str(package.parent), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(package.parent), "status", "--porcelain", "--untracked-files=no",
+                                "--", str(package)], capture_output=True, text=True, timeout=5).stdout.strip()
         return out + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -98,3 +98,16 @@ def test_provenance_fields():
     p = provenance("cpu")
     assert {"commit", "torch", "device", "time", "tacrecon"} <= set(p)
     assert p["device"].startswith("cpu")
+
+
+def test_git_commit_is_read_once_per_process(monkeypatch):
+    # a long run's results name the code it imported, not a commit checked out while it ran
+    from tacrecon import io
+
+    io.git_commit.cache_clear()
+    first = io.git_commit()
+
+    def no_git(*args, **kwargs):
+        raise AssertionError("git ran again")
+    monkeypatch.setattr(io.subprocess, "run", no_git)
+    assert io.git_commit() == first and provenance("cpu")["commit"] == first

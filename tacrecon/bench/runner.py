@@ -32,7 +32,7 @@ from tacrecon.artifact import is_current
 from tacrecon.config import as_stored, differences
 from tacrecon.defenses import create_defense
 from tacrecon.errors import TacreconError
-from tacrecon.io import atomic_write_json, check_output_folder, provenance, read_json
+from tacrecon.io import atomic_write_json, check_output_folder, git_commit, provenance, read_json
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,7 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
     artifacts = Path(artifacts) if artifacts is not None else out / "artifacts"
     check_output_folder(out, "--out")
     check_output_folder(artifacts, "--artifacts")
+    git_commit()  # pinned now: the cells name the commit of the code this process imported
     cells, states = survey(config, out, only)
     todo = [c for c in cells if states[c.label] != "done"]
     stale = [c for c in todo if states[c.label] == "stale"]
