@@ -408,9 +408,15 @@ def test_report_sets_tac_against_the_best_other_defense(tmp_path):
                 hand_cell(tmp_path, attack, seed, d, 0.84, 0.10, der)
     hand_cell(tmp_path, "sig", 0, "tac", 0.84, 0.10, 0.6)  # no rival over the same seeds: no row
     hand_cell(tmp_path, "sig", 1, "ft", 0.84, 0.10, 0.9)
+    for seed in (0, 1):  # a rival still short of seed 1 is compared on seed 0, not left out
+        hand_cell(tmp_path, "trojan", seed, "none", 0.85, 0.95, 0.5)
+        hand_cell(tmp_path, "trojan", seed, "tac", 0.84, 0.10, 0.9)
+        hand_cell(tmp_path, "trojan", seed, "fp", 0.84, 0.10, 0.5)
+    hand_cell(tmp_path, "trojan", 0, "nc", 0.84, 0.10, 0.95)
     hand_cell(tmp_path, "none", 0, "tac", 0.86, None, None)
     md = write_report(tmp_path)["md"]
-    assert "### tac against the best other defense (wins 1, tie 1, loses 1;" in md
+    assert "### tac against the best other defense (wins 1, tie 1, loses 2;" in md
+    assert "| trojan | 1 | 0.900 | 84.0 / 10.0 | nc | 0.950 |" in md
     assert "| cifar10/resnet_small | badnets | 2 | 0.900 | 84.0±0.0 / 10.0±0.0 | fp | 0.800 |" in md
     assert "| blended | 2 | 0.800 | 84.0±0.0 / 10.0±0.0 | ft | 0.950 | 84.0±0.0 / 10.0±0.0 | -0.150 | loses |" in md
     assert "| wanet | 2 | 0.900 |" in md and "| +0.002 | tie |" in md

@@ -180,8 +180,10 @@ def mean_der(group: list[Row]) -> float | None:
 
 
 def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
-    """Where ``focus`` wins and loses: for each attacked row whose seeds it covers, its mean DER
-    against the best other defense's (over the same seeds), and the margin. None without ``focus``.
+    """Where ``focus`` wins and loses: for each attacked row, its mean DER against the best other
+    defense's, and the margin, over the seeds that every defense of the row has finished (a
+    defense still short of a seed is not left out of the comparison; the seed is). None without
+    ``focus``.
 
     DER = (max(0, ASR drop) - max(0, ACC drop) + 1) / 2, so a margin of 0.01 is one point of ASR
     removed (or of ACC kept) more than the rival, on average.
@@ -191,9 +193,10 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
     body = []
     for key in sorted({(r.dataset, r.arch, r.attack) for r in rows if not r.clean}):
         sub = [r for r in rows if (r.dataset, r.arch, r.attack) == key]
-        seeds = {r.seed for r in sub}
-        groups = {d: [r for r in sub if r.defense == d] for d in {r.defense for r in sub} - {"none"}}
-        ders = {d: mean_der(g) for d, g in groups.items() if {r.seed for r in g} == seeds}
+        defenses = {r.defense for r in sub} - {"none"}
+        seeds = set.intersection(*({r.seed for r in sub if r.defense == d} for d in defenses)) if defenses else set()
+        groups = {d: [r for r in sub if r.defense == d and r.seed in seeds] for d in defenses}
+        ders = {d: mean_der(g) for d, g in groups.items() if g}
         ders = {d: v for d, v in ders.items() if v is not None}
         if focus not in ders or len(ders) < 2:
             continue
