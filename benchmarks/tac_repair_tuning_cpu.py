@@ -1,7 +1,10 @@
 """Choose TAC's repair recipe on the CPU protocol, on TUNING models (seed 100+), never reported ones.
 
 Usage: python benchmarks/tac_repair_tuning_cpu.py [--seeds 100] [--artifacts docs/results/tuning/artifacts]
-                                                  [--data-root DIR] [--only VARIANT ...]
+                                                  [--data-root DIR] [--only VARIANT ...] [--dataset gtsrb]
+
+``--dataset gtsrb`` reads the GTSRB tuning models of docs/results/tuning/gtsrb/<attack>/seed<seed>
+(made by benchmarks/tac_class_prior_gtsrb.py) and writes tac_repair_tuning_gtsrb*.
 
 Needs the artifacts of configs/tac_tuning_cpu.yaml (cifar10, resnet_small, none / badnets / blended /
 wanet / sig). Each variant repairs every backdoored model with its true target forced (so detection does
@@ -120,18 +123,20 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     parser.add_argument("--cached", action="store_true", help="tabulate the cached results only, run nothing")
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), help="the tuning models to run")
+    parser.add_argument("--dataset", choices=["cifar10", "gtsrb"], default="cifar10")
     parser.add_argument("--val-n", type=int, default=500,
                         help="held-out training images for the validation figures (results cached apart per size)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = load_dataset("cifar10", root=args.data_root)
+    data = load_dataset(args.dataset, root=args.data_root)
     suffix = "" if args.val_n == 500 else f"_val{args.val_n}"  # results of another size are kept apart
     results: dict[str, dict[str, dict]] = {}
     for name, variant in VARIANTS.items():
         tabulate_only = args.cached or (args.only is not None and name not in args.only)
         for seed in args.seeds:
             for attack in ATTACKS:
-                folder = args.artifacts / "cifar10" / "resnet_small" / attack / f"seed{seed}"
+                folder = (args.artifacts / "cifar10" / "resnet_small" / attack / f"seed{seed}" if args.dataset == "cifar10"
+                          else Path("docs/results/tuning/gtsrb") / attack / f"seed{seed}")
                 if not (folder / "attack.json").is_file():
                     print(f"skip {folder}: no artifact yet", flush=True)
                     continue
@@ -160,7 +165,7 @@ def main() -> None:
     table = markdown_table(["variant", "settings (other TAC fields: defaults; beta 1 unless said)", "model", "val ACC", "val ASR", "||s_t|| / median",
                             "test ACC (not used to choose)", "test ASR (not used to choose)", "seconds"], rows)
     print(table)
-    write_result("tac_repair_tuning_cpu" + suffix,
+    write_result(("tac_repair_tuning_cpu" if args.dataset == "cifar10" else "tac_repair_tuning_gtsrb") + suffix,
                  {"seeds": args.seeds, "val_n": args.val_n, "variants": VARIANTS, "results": results}, table)
 
 
