@@ -51,6 +51,18 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float((ra @ rb) / (ra.norm() * rb.norm()))
 
 
+TUNING = Path("docs/results/tuning")  # the tuning models (seed 100+), never reported
+
+
+def tuning_folder(dataset: str, attack: str, seed: int, runs: Path = TUNING) -> Path:
+    """Where a tuning model lives: CIFAR-10's (configs/tac_tuning_cpu.yaml) under
+    ``runs/artifacts/cifar10/resnet_small``, GTSRB's (benchmarks/tac_class_prior_gtsrb.py) under
+    ``runs/gtsrb``."""
+    if dataset == "cifar10":
+        return runs / "artifacts" / "cifar10" / "resnet_small" / attack / f"seed{seed}"
+    return runs / dataset / attack / f"seed{seed}"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

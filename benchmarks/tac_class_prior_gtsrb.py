@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
+from common import TUNING, markdown_table, tuning_folder, write_result
 from tacrecon.artifact import run_attack
 from tacrecon.scan import run_scan
 
@@ -34,7 +34,7 @@ def closest_other(record: dict, target: int | None, look: str = "") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("docs/results/tuning"))
+    parser.add_argument("--runs", type=Path, default=TUNING)
     parser.add_argument("--seeds", type=int, nargs="+", default=[100])
     parser.add_argument("--attacks", nargs="+", default=["none", "badnets"])
     parser.add_argument("--data-root", default=None)
@@ -43,7 +43,7 @@ def main() -> None:
     rows, records = [], []
     for seed in args.seeds:
         for attack in args.attacks:
-            out = args.runs / "gtsrb" / attack / f"seed{seed}"
+            out = tuning_folder("gtsrb", attack, seed, args.runs)
             made = run_attack(attack, "gtsrb", "resnet_small", out, root=args.data_root, seed=seed,
                               train_overrides={"progress": False})
             target = None if attack == "none" else 0

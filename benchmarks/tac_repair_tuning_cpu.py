@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, pct, write_result
+from common import markdown_table, pct, tuning_folder, write_result
 from tacrecon.artifact import evaluate, load_artifact
 from tacrecon.data import load_dataset
 from tacrecon.defenses.tac import TAC
@@ -136,7 +136,7 @@ def main() -> None:
         for seed in args.seeds:
             for attack in ATTACKS:
                 folder = (args.artifacts / "cifar10" / "resnet_small" / attack / f"seed{seed}" if args.dataset == "cifar10"
-                          else Path("docs/results/tuning/gtsrb") / attack / f"seed{seed}")
+                          else tuning_folder(args.dataset, attack, seed))
                 if not (folder / "attack.json").is_file():
                     print(f"skip {folder}: no artifact yet", flush=True)
                     continue

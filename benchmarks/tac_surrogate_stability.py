@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
+from common import TUNING, markdown_table, tuning_folder, write_result
+from tac_repair_tuning_cpu import held_out
 from tacrecon.artifact import load_artifact
 from tacrecon.data import load_dataset
 from tacrecon.data.augment import add_clipped
 from tacrecon.defenses.tac import TAC, stand_in_success, surrogate_trigger
 from tacrecon.io import atomic_write_json, read_json
-from tacrecon.metrics import predict, rate
 from tacrecon.models import as_classifier
 from tacrecon.scan import clean_subset
 
@@ -45,24 +45,6 @@ VARIANTS = {
     "eps .2": (0.2, 150, 0.05, 1),
     "best of 3 by clean success": (0.1, 150, 0.05, 3),
 }
-FOLDERS = {"gtsrb": "{runs}/gtsrb/{attack}/seed{seed}",
-           "cifar10": "{runs}/artifacts/cifar10/resnet_small/{attack}/seed{seed}"}
-
-
-def held_out(train, used: int, count: int, seed: int, exclude: torch.Tensor):
-    """``count`` clean training images outside the defender's set: :func:`clean_subset` takes its
-    ``used`` images from the head of one seeded permutation of the unpoisoned indices; these are
-    the next ones."""
-    keep = torch.ones(len(train), dtype=torch.bool)
-    keep[exclude.cpu()] = False
-    candidates = torch.nonzero(keep).flatten()
-    perm = torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed))
-    return train.subset(candidates[perm[used:used + count]])
-
-
-def success_on(model, split, target: int, delta: torch.Tensor) -> float:
-    others = split.x[split.y != target]
-    return rate(predict(model, others, transform=lambda x: add_clipped(x, delta)) == target)
 
 
 def latent_fit(model, clean, target: int, shift: torch.Tensor, delta: torch.Tensor) -> float:
@@ -84,7 +66,7 @@ def run_variant(model, clean, held, target: int, shift: torch.Tensor, variant: t
         if best is None or hit > best[0]:
             best = (hit, delta)
     hit, delta = best
-    return {"clean_success": hit, "held_success": success_on(model, held, target, delta),
+    return {"clean_success": hit, "held_success": stand_in_success(model, held, target, delta),
             "fit": latent_fit(model, clean, target, shift, delta), "seconds": time.perf_counter() - start}
 
 
@@ -95,18 +77,20 @@ def main() -> None:
     parser.add_argument("--model-seed", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
-    parser.add_argument("--runs", default="docs/results/tuning")
+    parser.add_argument("--runs", type=Path, default=TUNING)
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows, results = [], {}
+    rows, results, datasets = [], {}, {}
     for name in args.models:
         dataset, attack = name.split("/")
-        folder = Path(FOLDERS[dataset].format(runs=args.runs, attack=attack, seed=args.model_seed))
+        folder = tuning_folder(dataset, attack, args.model_seed, args.runs)
         if not (folder / "attack.json").is_file():
             print(f"skip {folder}: no artifact yet", flush=True)
             continue
-        art, data = load_artifact(folder), load_dataset(dataset, root=args.data_root)
+        if dataset not in datasets:
+            datasets[dataset] = load_dataset(dataset, root=args.data_root)
+        art, data = load_artifact(folder), datasets[dataset]
         model = as_classifier(art.model).eval()
         clean = clean_subset(data.train, 0.05, None, args.model_seed, art.poison_index)
         target = art.attack.target
