@@ -63,6 +63,16 @@ def tuning_folder(dataset: str, attack: str, seed: int, runs: Path = TUNING) -> 
     return runs / dataset / attack / f"seed{seed}"
 
 
+def held_out(train, used: int, count: int, seed: int, exclude: torch.Tensor):
+    """``count`` clean training images outside the defender's set: clean_subset takes its ``used``
+    images from the head of one seeded permutation of the unpoisoned indices; these are the next."""
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[exclude.cpu()] = False
+    candidates = torch.nonzero(keep).flatten()
+    perm = torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed))
+    return train.subset(candidates[perm[used:used + count]])
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tac_repair_tuning_cpu import held_out
+from common import held_out
 from tacrecon.artifact import load_artifact
 from tacrecon.data import load_dataset
 from tacrecon.defenses.base import columns_held_at_zero

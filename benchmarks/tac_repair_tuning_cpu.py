@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, pct, tuning_folder, write_result
+from common import held_out, markdown_table, pct, tuning_folder, write_result
 from tacrecon.artifact import evaluate, load_artifact
 from tacrecon.data import load_dataset
 from tacrecon.defenses.tac import TAC
@@ -83,16 +83,6 @@ ATTACKS = ("badnets", "blended", "wanet", "sig", "none", "lira")
 def relative_target_norm(model: torch.nn.Module, clean, target: int) -> float:
     """||s_t|| / median_k ||s_k|| of ``model`` on ``clean``: near 1 once the shortcut to t is gone."""
     return TAC(repair=False).fit(model, clean).scores_["relative"][target]
-
-
-def held_out(train, used: int, count: int, seed: int, exclude: torch.Tensor):
-    """``count`` clean training images outside the defender's set: clean_subset takes its ``used``
-    images from the head of one seeded permutation of the unpoisoned indices; these are the next."""
-    keep = torch.ones(len(train), dtype=torch.bool)
-    keep[exclude.cpu()] = False
-    candidates = torch.nonzero(keep).flatten()
-    perm = torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed))
-    return train.subset(candidates[perm[used:used + count]])
 
 
 def run_one(art, data, variant: dict, seed: int, val_n: int = 500) -> dict:

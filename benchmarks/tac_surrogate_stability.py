@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-from common import TUNING, markdown_table, tuning_folder, write_result
-from tac_repair_tuning_cpu import held_out
+from common import TUNING, held_out, markdown_table, tuning_folder, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.data import load_dataset
 from tacrecon.data.augment import add_clipped

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import add_model_arguments, markdown_table, model_folders, write_result
-from tac_repair_tuning_cpu import held_out
+from common import add_model_arguments, held_out, markdown_table, model_folders, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.attacks import ATTACKS
 from tacrecon.data import load_dataset
