@@ -461,6 +461,14 @@ class TAC(Defense):
     no surrogate, and 0.1 (the smaller mean drop on the four) is the default. It costs a false
     positive about 1.5 points more than before (clean tuning model: -2.7 against -1.2).
 
+    ``prune_stop`` 1.2 (revision 6; before: 1.1), by the same rule on the same six CIFAR-10 tuning
+    models and the GTSRB Blended tuning model (seed 100; docs/benchmarks/tac_repair_tuning_cpu_val2500.md
+    and tac_repair_tuning_gtsrb.md): held-out ASR at 1.1 / 1.2: BadNets 1.3% / 0.9% at -1.7 /
+    -1.8 points, Blended 1.1% / 0.6% at -1.2 / -1.8, WaNet 2.3% / 2.3% at -1.5 / -2.0 (1.96), LiRA
+    0.9% / 0.3% at -2.2 / -2.2, GTSRB Blended 7.8% / 4.6% (GTSRB's held-out training images stay at
+    100%); the clean models repaired by mistake -2.7 / -2.6 (CIFAR-10). 1.2 meets the removal bar
+    on 4 of these 5 low-side models, 1.1 on 3 (LiRA misses it by its cost under both).
+
     CPU budget: the defaults: 10 epochs over the 5% clean set (2,500 CIFAR-10 images, 200 steps
     of 128), about 30 QPs for the pruning plan, and 150 steps of 128 images for each surrogate.
     """
@@ -469,8 +477,9 @@ class TAC(Defense):
                              "Changes in Latent Representation, https://arxiv.org/abs/2511.08944")
     budgets: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "smoke": {"epochs": 1, "force_target": 0,
                                                                          "surrogate_steps": 10}}
-    # 2: the high side is pruned (prune_to_peak); 3: surrogate triggers; 4: second look; 5: class-count prior
-    revision: ClassVar[int] = 5
+    # 2: the high side is pruned (prune_to_peak); 3: surrogate triggers; 4: second look; 5: class-count prior;
+    # 6: prune_stop 1.1 -> 1.2
+    revision: ClassVar[int] = 6
 
     score: str = "norm"
     bias: bool = True
@@ -483,7 +492,7 @@ class TAC(Defense):
     force_target: int = -1
     repair: bool = True
     method: str = "prune"
-    prune_stop: float = 1.1
+    prune_stop: float = 1.2
     prune_step: int = 0
     prune_max: float = 0.5
     prune_rank: str = "shift"
