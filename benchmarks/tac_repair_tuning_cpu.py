@@ -1,10 +1,10 @@
 """Choose TAC's repair recipe on the CPU protocol, on TUNING models (seed 100+), never reported ones.
 
-Usage: python benchmarks/tac_repair_tuning_cpu.py [--seeds 100] [--artifacts docs/results/tuning/artifacts]
+Usage: python benchmarks/tac_repair_tuning_cpu.py [--seeds 100] [--runs docs/results/tuning]
                                                   [--data-root DIR] [--only VARIANT ...] [--dataset gtsrb]
 
-``--dataset gtsrb`` reads the GTSRB tuning models of docs/results/tuning/gtsrb/<attack>/seed<seed>
-(made by benchmarks/tac_class_prior_gtsrb.py) and writes tac_repair_tuning_gtsrb*.
+``--dataset gtsrb`` reads the GTSRB tuning models of <runs>/gtsrb/<attack>/seed<seed> (made by
+benchmarks/tac_class_prior_gtsrb.py) and writes tac_repair_tuning_gtsrb*.
 
 Needs the artifacts of configs/tac_tuning_cpu.yaml (cifar10, resnet_small, none / badnets / blended /
 wanet / sig). Each variant repairs every backdoored model with its true target forced (so detection does
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common import held_out, markdown_table, pct, tuning_folder, write_result
+from common import TUNING, held_out, markdown_table, pct, tuning_folder, write_result
 from tacrecon.artifact import evaluate, load_artifact
 from tacrecon.data import load_dataset
 from tacrecon.defenses.tac import TAC
@@ -108,7 +108,7 @@ def run_one(art, data, variant: dict, seed: int, val_n: int = 500) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[100])
-    parser.add_argument("--artifacts", type=Path, default=Path("docs/results/tuning/artifacts"))
+    parser.add_argument("--runs", type=Path, default=TUNING, help="the tuning models' folder (common.tuning_folder)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     parser.add_argument("--cached", action="store_true", help="tabulate the cached results only, run nothing")
@@ -125,8 +125,7 @@ def main() -> None:
         tabulate_only = args.cached or (args.only is not None and name not in args.only)
         for seed in args.seeds:
             for attack in ATTACKS:
-                folder = (args.artifacts / "cifar10" / "resnet_small" / attack / f"seed{seed}" if args.dataset == "cifar10"
-                          else tuning_folder(args.dataset, attack, seed))
+                folder = tuning_folder(args.dataset, attack, seed, args.runs)
                 if not (folder / "attack.json").is_file():
                     print(f"skip {folder}: no artifact yet", flush=True)
                     continue
@@ -142,6 +141,8 @@ def main() -> None:
                     atomic_write_json(cache, record)
                 results.setdefault(name, {})[f"{attack}/seed{seed}"] = record
                 print(name, attack, seed, record["after"], round(record["seconds"]), flush=True)
+    if not results:  # never overwrite a table with an empty one (a wrong --runs, or run from another folder)
+        raise SystemExit(f"no tuning results under {args.runs}: nothing written")
     rows = []
     for name, per_model in results.items():
         for model, r in per_model.items():
