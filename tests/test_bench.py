@@ -344,14 +344,14 @@ def test_two_workers(tmp_path):
 
 
 def hand_cell(out, attack, seed, defense, acc, asr, der, target=None, norms=None, folder=None, params=None,
-              dataset="cifar10"):
+              dataset="cifar10", revision=1):
     path = out / "cells" / dataset / "resnet_small" / (folder or attack) / f"seed{seed}" / f"{defense}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"attack": attack, "before": {"acc": 0.85, "asr": None if attack == "none" else 0.95},
                                 "after": {"acc": acc, "asr": asr, "ra": None}, "der": der, "target": target,
                                 "targets": [] if target is None else [target], "attack_target": 0, "seconds": 1.0,
                                 "scores": {"norms": norms} if norms else None,
-                                "request": {"defense_params": params or {}}}))
+                                "request": {"defense_params": params or {}}, "defense_revision": revision}))
     return path
 
 
@@ -486,3 +486,13 @@ def test_a_pool_whose_worker_died_is_rebuilt():
         assert pool.result(pool.submit(abs, -3)) == 3  # the next job gets a new worker
     finally:
         pool.close()
+
+
+def test_report_names_a_defense_whose_cells_mix_code_revisions(tmp_path):
+    for seed in (0, 1):
+        hand_cell(tmp_path, "badnets", seed, "none", 0.85, 0.95, 0.5)
+        hand_cell(tmp_path, "badnets", seed, "ft", 0.84, 0.60, 0.6, revision=2)
+        hand_cell(tmp_path, "badnets", seed, "tac", 0.84, 0.02, 0.96, target=0, revision=5 + seed)
+    assert "Cells of more than one code revision: tac revision 5: 1 cell, revision 6: 1 cell" in write_report(tmp_path)["md"]
+    hand_cell(tmp_path, "badnets", 0, "tac", 0.84, 0.02, 0.96, target=0, revision=6)  # rerun: one revision again
+    assert "code revision" not in write_report(tmp_path)["md"]

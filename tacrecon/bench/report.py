@@ -6,7 +6,8 @@ detection of the defenses that flag a class (TAC, NC): on backdoored models how 
 target was flagged, on clean models how often any class was (false positives). A third sets TAC
 against the best other defense of each row (DER, margin, wins / loses). Files written into
 DIR: report.md, report.csv, report.html (one self-contained page with the plots inlined),
-asr_vs_acc_<dataset>_<arch>.png, plots/<defense>_*.png (per-class norms of the scans).
+asr_vs_acc_<dataset>_<arch>.png, plots/<defense>_*.png (per-class norms of the scans). A defense whose
+cells were made by more than one code revision is named under the tables.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import csv
 import html
 import io
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +53,7 @@ class Row:
     second_bound: float | None = None
     clean: bool = False  # the attack is ``none``: a flagged class is a false positive
     defense_params: dict | None = None  # the overrides that a -<hash> in ``defense`` stands for
+    revision: int = 1  # the defense's code revision that made the cell (``Defense.revision``)
 
 
 def load_rows(out: str | Path) -> tuple[list[Row], int]:
@@ -84,7 +87,7 @@ def read_row(root: Path, path: Path) -> Row:
                    r["after"]["ra"], r["der"], r["before"]["acc"], r["before"]["asr"], r["target"], r["targets"],
                    r["attack_target"], r["seconds"], scores.get("norms"), scores.get("relative"),
                    scores.get("second_relative"), (r.get("defense_config") or {}).get("second_max_relative"),
-                   r["attack"] == "none", (r.get("request") or {}).get("defense_params"))
+                   r["attack"] == "none", (r.get("request") or {}).get("defense_params"), r.get("defense_revision", 1))
     except (KeyError, TypeError, AttributeError) as e:
         raise TacreconError(f"{path}: not a cell result (missing or malformed {e})") from None
 
@@ -224,6 +227,19 @@ def legend(rows: list[Row]) -> str | None:
         f"{name} = {', '.join(f'{k}={v}' for k, v in sorted(params.items()))}" for name, params in sorted(named.items()))
 
 
+def mixed_revisions(rows: list[Row]) -> str | None:
+    """Which defenses' cells were made by more than one code revision (a grid resumed across a
+    change of the method, its older cells not yet rerun); None when every defense has one."""
+    counts: dict[str, Counter] = {}
+    for r in rows:
+        counts.setdefault(r.defense, Counter())[r.revision] += 1
+    mixed = {d: c for d, c in sorted(counts.items()) if len(c) > 1}
+    if not mixed:
+        return None
+    return "Cells of more than one code revision: " + "; ".join(
+        f"{d} " + ", ".join(f"revision {v}: {n} cell{'s' * (n != 1)}" for v, n in sorted(c.items())) for d, c in mixed.items())
+
+
 def markdown(table: dict[str, Any]) -> str:
     lines = [f"### {table['title']}", "", "| " + " | ".join(table["header"]) + " |",
              "|" + "|".join("---" for _ in table["header"]) + "|"]
@@ -283,7 +299,7 @@ def write_report(out: str | Path) -> dict[str, str]:
     blocks = tables(rows)
     found = detection(rows)
     extra = [t for t in (found, versus(rows)) if t]
-    names = legend(rows)
+    names = " ".join(t for t in (legend(rows), mixed_revisions(rows)) if t) or None
     note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
             + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds ([n]: over only n of the row's "
             "seeds, the rest not run yet); bold: the highest DER of the row (above 0.5, over all its seeds).")
