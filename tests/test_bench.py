@@ -372,6 +372,7 @@ def test_report_on_a_hand_made_folder(tmp_path):
     assert "| badnets | 2 | 85.0±0.0 / 95.0±0.0 | **81.0±1.4 / 3.0±1.4** | 84.0±0.0 / 60.0±0.0 |" in md
     assert "| cifar10/resnet_small | none | FP 1/2 |" in md and "| cifar10/resnet_small | badnets | 2/2 |" in md
     assert texts["csv"].count("\n") == 10
+    assert "| cifar10/resnet_small | tac | 4 | 0.0 | 0.00 |" in md and "| all |  | 9 |  | 0.00 |" in md  # the cost
     for name in ("asr_vs_acc_cifar10_resnet_small.png", "asr_vs_acc_gtsrb_resnet_small.png"):
         assert (tmp_path / name).stat().st_size > 1000  # one scatter per data set and architecture
     assert len(list((tmp_path / "plots").glob("tac_*.png"))) == 4

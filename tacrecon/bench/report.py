@@ -4,7 +4,8 @@ Every cell shows ``ACC / ASR`` after the defense (percent); the best defense of 
 (highest mean DER over the row's seeds, above 0.5) is in bold. A second table gives the
 detection of the defenses that flag a class (TAC, NC): on backdoored models how often the attack's
 target was flagged, on clean models how often any class was (false positives). A third sets TAC
-against the best other defense of each row (DER, margin, wins / loses). Files written into
+against the best other defense of each row (DER, margin, wins / loses); a fourth gives the
+cost (hours of cells and attack models per defense). Files written into
 DIR: report.md, report.csv, report.html (one self-contained page with the plots inlined),
 asr_vs_acc_<dataset>_<arch>.png, plots/<defense>_*.png (per-class norms of the scans). A defense whose
 cells were made by more than one code revision is named under the tables.
@@ -54,6 +55,8 @@ class Row:
     clean: bool = False  # the attack is ``none``: a flagged class is a false positive
     defense_params: dict | None = None  # the overrides that a -<hash> in ``defense`` stands for
     revision: int = 1  # the defense's code revision that made the cell (``Defense.revision``)
+    cell_seconds: float | None = None  # the whole cell (loading included); ``seconds`` is the defense's
+    attack_seconds: float | None = None  # the training of the cell's attack artifact
 
 
 def load_rows(out: str | Path) -> tuple[list[Row], int]:
@@ -87,7 +90,8 @@ def read_row(root: Path, path: Path) -> Row:
                    r["after"]["ra"], r["der"], r["before"]["acc"], r["before"]["asr"], r["target"], r["targets"],
                    r["attack_target"], r["seconds"], scores.get("norms"), scores.get("relative"),
                    scores.get("second_relative"), (r.get("defense_config") or {}).get("second_max_relative"),
-                   r["attack"] == "none", (r.get("request") or {}).get("defense_params"), r.get("defense_revision", 1))
+                   r["attack"] == "none", (r.get("request") or {}).get("defense_params"), r.get("defense_revision", 1),
+                   r.get("cell_seconds"), (r.get("attack_record") or {}).get("seconds"))
     except (KeyError, TypeError, AttributeError) as e:
         raise TacreconError(f"{path}: not a cell result (missing or malformed {e})") from None
 
@@ -218,6 +222,29 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
             "body": body, "bold": [[] for _ in body]}
 
 
+def cost(rows: list[Row]) -> dict[str, Any]:
+    """What the grid cost: per data set and architecture, the cells of each defense and the attack
+    artifacts they share (each counted once), in each job's own seconds (a job that shared the CPU
+    with others counts longer than it would alone)."""
+    body = []
+    for dataset, arch in sorted({(r.dataset, r.arch) for r in rows}):
+        sub = [r for r in rows if (r.dataset, r.arch) == (dataset, arch)]
+        models = {(r.attack, r.seed): r.attack_seconds for r in sub if r.attack_seconds is not None}
+        groups = [(d, [r.cell_seconds if r.cell_seconds is not None else r.seconds for r in sub if r.defense == d])
+                  for d in order({r.defense for r in sub}, ["none", "tac"])]
+        if models:
+            groups.insert(0, ("(attack models)", list(models.values())))
+        for name, seconds in groups:
+            body.append([f"{dataset}/{arch}", name, str(len(seconds)), f"{statistics.fmean(seconds) / 60:.1f}",
+                         f"{sum(seconds) / 3600:.2f}"])
+    total = sum(float(row[-1]) for row in body)
+    body.append(["all", "", str(sum(int(row[2]) for row in body)), "", f"{total:.2f}"])
+    return {"title": "cost of the results in place (each job's own clock: jobs that shared the CPU count longer; "
+                     "earlier runs of a rerun cell not counted)",
+            "header": ["data/arch", "job", "count", "minutes each (mean)", "hours"],
+            "body": body, "bold": [[] for _ in body]}
+
+
 def legend(rows: list[Row]) -> str | None:
     """What each ``<defense>-<hash>`` column stands for (its overrides); None when there is none."""
     named = {r.defense: r.defense_params for r in rows if r.defense_params}
@@ -298,7 +325,7 @@ def write_report(out: str | Path) -> dict[str, str]:
         raise TacreconError(f"{out}: no finished cell to report" + (f" ({failed} failed)" if failed else ""))
     blocks = tables(rows)
     found = detection(rows)
-    extra = [t for t in (found, versus(rows)) if t]
+    extra = [t for t in (found, versus(rows), cost(rows)) if t]
     names = " ".join(t for t in (legend(rows), mixed_revisions(rows)) if t) or None
     note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
             + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds ([n]: over only n of the row's "
