@@ -344,14 +344,15 @@ def test_two_workers(tmp_path):
 
 
 def hand_cell(out, attack, seed, defense, acc, asr, der, target=None, norms=None, folder=None, params=None,
-              dataset="cifar10", revision=1):
+              dataset="cifar10", revision=1, attack_revision=1):
     path = out / "cells" / dataset / "resnet_small" / (folder or attack) / f"seed{seed}" / f"{defense}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"attack": attack, "before": {"acc": 0.85, "asr": None if attack == "none" else 0.95},
                                 "after": {"acc": acc, "asr": asr, "ra": None}, "der": der, "target": target,
                                 "targets": [] if target is None else [target], "attack_target": 0, "seconds": 1.0,
                                 "scores": {"norms": norms} if norms else None,
-                                "request": {"defense_params": params or {}}, "defense_revision": revision}))
+                                "request": {"defense_params": params or {}}, "defense_revision": revision,
+                                "attack_record": {"seconds": 60.0, "attack_revision": attack_revision}}))
     return path
 
 
@@ -372,7 +373,9 @@ def test_report_on_a_hand_made_folder(tmp_path):
     assert "| badnets | 2 | 85.0±0.0 / 95.0±0.0 | **81.0±1.4 / 3.0±1.4** | 84.0±0.0 / 60.0±0.0 |" in md
     assert "| cifar10/resnet_small | none | FP 1/2 |" in md and "| cifar10/resnet_small | badnets | 2/2 |" in md
     assert texts["csv"].count("\n") == 10
-    assert "| cifar10/resnet_small | tac | 4 | 0.0 | 0.00 |" in md and "| all |  | 9 |  | 0.00 |" in md  # the cost
+    # the cost: four attack models of a minute each on CIFAR-10 (each counted once), one on GTSRB, 9 cells of 1 s
+    assert "| cifar10/resnet_small | (attack models) | 4 | 1.0 | 0.07 |" in md
+    assert "| cifar10/resnet_small | tac | 4 | 0.0 | 0.00 |" in md and "| all |  | 14 |  | 0.09 |" in md
     for name in ("asr_vs_acc_cifar10_resnet_small.png", "asr_vs_acc_gtsrb_resnet_small.png"):
         assert (tmp_path / name).stat().st_size > 1000  # one scatter per data set and architecture
     assert len(list((tmp_path / "plots").glob("tac_*.png"))) == 4
@@ -494,6 +497,9 @@ def test_report_names_a_defense_whose_cells_mix_code_revisions(tmp_path):
         hand_cell(tmp_path, "badnets", seed, "none", 0.85, 0.95, 0.5)
         hand_cell(tmp_path, "badnets", seed, "ft", 0.84, 0.60, 0.6, revision=2)
         hand_cell(tmp_path, "badnets", seed, "tac", 0.84, 0.02, 0.96, target=0, revision=5 + seed)
-    assert "Cells of more than one code revision: tac revision 5: 1 cell, revision 6: 1 cell" in write_report(tmp_path)["md"]
-    hand_cell(tmp_path, "badnets", 0, "tac", 0.84, 0.02, 0.96, target=0, revision=6)  # rerun: one revision again
+    hand_cell(tmp_path, "badnets", 0, "nc", 0.84, 0.02, 0.96, attack_revision=2)
+    assert ("Cells of more than one code revision: defense tac revision 5: 1 cell, revision 6: 1 cell; "
+            "attack badnets revision 1: 6 cells, revision 2: 1 cell.") in write_report(tmp_path)["md"]
+    hand_cell(tmp_path, "badnets", 0, "tac", 0.84, 0.02, 0.96, target=0, revision=6)  # reruns: one revision again
+    hand_cell(tmp_path, "badnets", 0, "nc", 0.84, 0.02, 0.96)
     assert "code revision" not in write_report(tmp_path)["md"]

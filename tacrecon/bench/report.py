@@ -7,8 +7,8 @@ target was flagged, on clean models how often any class was (false positives). A
 against the best other defense of each row (DER, margin, wins / loses); a fourth gives the
 cost (hours of cells and attack models per defense). Files written into
 DIR: report.md, report.csv, report.html (one self-contained page with the plots inlined),
-asr_vs_acc_<dataset>_<arch>.png, plots/<defense>_*.png (per-class norms of the scans). A defense whose
-cells were made by more than one code revision is named under the tables.
+asr_vs_acc_<dataset>_<arch>.png, plots/<defense>_*.png (per-class norms of the scans). A defense, or an
+attack, whose cells were made by more than one revision of its code is named under the tables.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Row:
     revision: int = 1  # the defense's code revision that made the cell (``Defense.revision``)
     cell_seconds: float | None = None  # the whole cell (loading included); ``seconds`` is the defense's
     attack_seconds: float | None = None  # the training of the cell's attack artifact
+    attack_revision: int = 1  # the attack's code revision that made the artifact (``Attack.revision``)
 
 
 def load_rows(out: str | Path) -> tuple[list[Row], int]:
@@ -91,7 +92,8 @@ def read_row(root: Path, path: Path) -> Row:
                    r["attack_target"], r["seconds"], scores.get("norms"), scores.get("relative"),
                    scores.get("second_relative"), (r.get("defense_config") or {}).get("second_max_relative"),
                    r["attack"] == "none", (r.get("request") or {}).get("defense_params"), r.get("defense_revision", 1),
-                   r.get("cell_seconds"), (r.get("attack_record") or {}).get("seconds"))
+                   r.get("cell_seconds"), (r.get("attack_record") or {}).get("seconds"),
+                   (r.get("attack_record") or {}).get("attack_revision", 1))
     except (KeyError, TypeError, AttributeError) as e:
         raise TacreconError(f"{path}: not a cell result (missing or malformed {e})") from None
 
@@ -255,16 +257,18 @@ def legend(rows: list[Row]) -> str | None:
 
 
 def mixed_revisions(rows: list[Row]) -> str | None:
-    """Which defenses' cells were made by more than one code revision (a grid resumed across a
-    change of the method, its older cells not yet rerun); None when every defense has one."""
-    counts: dict[str, Counter] = {}
-    for r in rows:
-        counts.setdefault(r.defense, Counter())[r.revision] += 1
-    mixed = {d: c for d, c in sorted(counts.items()) if len(c) > 1}
-    if not mixed:
-        return None
-    return "Cells of more than one code revision: " + "; ".join(
-        f"{d} " + ", ".join(f"revision {v}: {n} cell{'s' * (n != 1)}" for v, n in sorted(c.items())) for d, c in mixed.items())
+    """Which defenses' cells, and which attacks' cells, were made by more than one code revision
+    of the defense or of the attack (a grid resumed across a change of a method, its older cells
+    not yet rerun); None when there is none."""
+    parts = []
+    for kind, name, revision in (("defense", lambda r: r.defense, lambda r: r.revision),
+                                 ("attack", lambda r: r.attack, lambda r: r.attack_revision)):
+        counts: dict[str, Counter] = {}
+        for r in rows:
+            counts.setdefault(name(r), Counter())[revision(r)] += 1
+        parts += [f"{kind} {n} " + ", ".join(f"revision {v}: {k} cell{'s' * (k != 1)}" for v, k in sorted(c.items()))
+                  for n, c in sorted(counts.items()) if len(c) > 1]
+    return "Cells of more than one code revision: " + "; ".join(parts) + "." if parts else None
 
 
 def markdown(table: dict[str, Any]) -> str:
