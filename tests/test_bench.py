@@ -373,6 +373,8 @@ def test_report_on_a_hand_made_folder(tmp_path):
     assert "| badnets | 2 | 85.0±0.0 / 95.0±0.0 | **81.0±1.4 / 3.0±1.4** | 84.0±0.0 / 60.0±0.0 |" in md
     assert "| cifar10/resnet_small | none | FP 1/2 |" in md and "| cifar10/resnet_small | badnets | 2/2 |" in md
     assert texts["csv"].count("\n") == 10
+    # the removal bar: tac leaves 2-4% but costs 3-5 points, ft leaves 60%
+    assert "| cifar10/resnet_small | 0/2 | 0/2 |" in md and "| gtsrb/resnet_small |  | 0/1 |" in md
     # the cost: four attack models of a minute each on CIFAR-10 (each counted once), one on GTSRB, 9 cells of 1 s
     assert "| cifar10/resnet_small | (attack models) | 4 | 1.0 | 0.07 |" in md
     assert "| cifar10/resnet_small | tac | 4 | 0.0 | 0.00 |" in md and "| all |  | 14 |  | 0.09 |" in md

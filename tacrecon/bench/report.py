@@ -4,8 +4,9 @@ Every cell shows ``ACC / ASR`` after the defense (percent); the best defense of 
 (highest mean DER over the row's seeds, above 0.5) is in bold. A second table gives the
 detection of the defenses that flag a class (TAC, NC): on backdoored models how often the attack's
 target was flagged, on clean models how often any class was (false positives). A third sets TAC
-against the best other defense of each row (DER, margin, wins / loses); a fourth gives the
-cost (hours of cells and attack models per defense). Files written into
+against the best other defense of each row (DER, margin, wins / loses); a fourth counts the
+attacked models each defense brings under the removal bar; a fifth gives the cost (hours of
+cells and attack models per defense). Files written into
 DIR: report.md, report.csv, report.html (one self-contained page with the plots inlined),
 asr_vs_acc_<dataset>_<arch>.png, plots/<defense>_*.png (per-class norms of the scans). A defense, or an
 attack, whose cells were made by more than one revision of its code is named under the tables.
@@ -224,6 +225,26 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
             "body": body, "bold": [[] for _ in body]}
 
 
+def removal_bar(rows: list[Row], asr: float = 0.05, drop: float = 0.02) -> dict[str, Any] | None:
+    """Per data set and architecture, how many attacked models each defense brings to ASR <= ``asr``
+    within ``drop`` of the attacked model's accuracy (the protocol's removal bar); None without any."""
+    attacked = [r for r in rows if not r.clean and r.asr is not None and r.defense != "none"]
+    if not attacked:
+        return None
+    defenses = order({r.defense for r in attacked}, ["tac"])
+    body = []
+    for dataset, arch in sorted({(r.dataset, r.arch) for r in attacked}):
+        cells = []
+        for d in defenses:
+            group = [r for r in attacked if (r.dataset, r.arch, r.defense) == (dataset, arch, d)]
+            met = sum(r.asr <= asr and r.acc_before - r.acc <= drop for r in group)
+            cells.append(f"{met}/{len(group)}" if group else "")
+        body.append([f"{dataset}/{arch}", *cells])
+    return {"title": f"removal bar (attacked models brought to ASR <= {asr:.0%} within {drop * 100:.0f} points of "
+                     "their accuracy / attacked models)",
+            "header": ["data/arch", *defenses], "body": body, "bold": [[] for _ in body]}
+
+
 def cost(rows: list[Row]) -> dict[str, Any]:
     """What the grid cost: per data set and architecture, the cells of each defense and the attack
     artifacts they share (each counted once), in each job's own seconds (a job that shared the CPU
@@ -329,7 +350,7 @@ def write_report(out: str | Path) -> dict[str, str]:
         raise TacreconError(f"{out}: no finished cell to report" + (f" ({failed} failed)" if failed else ""))
     blocks = tables(rows)
     found = detection(rows)
-    extra = [t for t in (found, versus(rows), cost(rows)) if t]
+    extra = [t for t in (found, versus(rows), removal_bar(rows), cost(rows)) if t]
     names = " ".join(t for t in (legend(rows), mixed_revisions(rows)) if t) or None
     note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
             + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds ([n]: over only n of the row's "
