@@ -87,14 +87,13 @@ def read_row(root: Path, path: Path) -> Row:
     dataset, arch, attack, seed = parts[:4]
     r = read_json(path)
     try:
-        scores = r.get("scores") or {}
+        scores, made = r.get("scores") or {}, r.get("attack_record") or {}
         return Row(dataset, arch, attack, int(seed[4:]), path.stem, r["after"]["acc"], r["after"]["asr"],
                    r["after"]["ra"], r["der"], r["before"]["acc"], r["before"]["asr"], r["target"], r["targets"],
                    r["attack_target"], r["seconds"], scores.get("norms"), scores.get("relative"),
                    scores.get("second_relative"), (r.get("defense_config") or {}).get("second_max_relative"),
                    r["attack"] == "none", (r.get("request") or {}).get("defense_params"), r.get("defense_revision", 1),
-                   r.get("cell_seconds"), (r.get("attack_record") or {}).get("seconds"),
-                   (r.get("attack_record") or {}).get("attack_revision", 1))
+                   r.get("cell_seconds"), made.get("seconds"), made.get("attack_revision", 1))
     except (KeyError, TypeError, AttributeError) as e:
         raise TacreconError(f"{path}: not a cell result (missing or malformed {e})") from None
 
@@ -249,7 +248,7 @@ def cost(rows: list[Row]) -> dict[str, Any]:
     """What the grid cost: per data set and architecture, the cells of each defense and the attack
     artifacts they share (each counted once), in each job's own seconds (a job that shared the CPU
     with others counts longer than it would alone)."""
-    body = []
+    body, jobs, total = [], 0, 0.0
     for dataset, arch in sorted({(r.dataset, r.arch) for r in rows}):
         sub = [r for r in rows if (r.dataset, r.arch) == (dataset, arch)]
         models = {(r.attack, r.seed): r.attack_seconds for r in sub if r.attack_seconds is not None}
@@ -260,8 +259,8 @@ def cost(rows: list[Row]) -> dict[str, Any]:
         for name, seconds in groups:
             body.append([f"{dataset}/{arch}", name, str(len(seconds)), f"{statistics.fmean(seconds) / 60:.1f}",
                          f"{sum(seconds) / 3600:.2f}"])
-    total = sum(float(row[-1]) for row in body)
-    body.append(["all", "", str(sum(int(row[2]) for row in body)), "", f"{total:.2f}"])
+            jobs, total = jobs + len(seconds), total + sum(seconds)
+    body.append(["all", "", str(jobs), "", f"{total / 3600:.2f}"])
     return {"title": "cost of the results in place (each job's own clock: jobs that shared the CPU count longer; "
                      "earlier runs of a rerun cell not counted)",
             "header": ["data/arch", "job", "count", "minutes each (mean)", "hours"],
