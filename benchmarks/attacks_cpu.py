@@ -38,7 +38,7 @@ def main() -> None:
         tag = "".join(f"-{k}{v}" for k, v in params.get(name, {}).items())
         out = args.runs / args.dataset / "resnet_small" / f"{name}{tag}" / f"seed{args.seed}"
         records[name + tag] = run_attack(name, args.dataset, "resnet_small", out, root=args.data_root, seed=args.seed,
-                                         attack_kwargs=params.get(name))
+                                         config=params.get(name))
         print(name + tag, {k: records[name + tag][k] for k in ("acc", "asr", "ra", "seconds")}, flush=True)
     clean = records.get("none", {}).get("acc")
     rows = []

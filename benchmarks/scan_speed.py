@@ -14,11 +14,10 @@ from pathlib import Path
 import torch
 
 from common import markdown_table, write_result
-from tacrecon.data import load_dataset
+from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.loading import load_any
 from tacrecon.metrics import predict
-from tacrecon.scan import clean_subset
 
 
 def best_of(fn, repeats: int) -> float:
@@ -44,7 +43,7 @@ def main() -> None:
         loaded = load_any(str(path))
         clean = clean_subset(data.train, None, args.clean_n, 0, loaded.artifact.poison_index)
         forward = best_of(lambda: predict(loaded.model, clean.x), args.repeats)
-        tac = TAC(repair=False)
+        tac = TAC.from_dict({"repair": False})
         scan = best_of(lambda: tac.fit(loaded.model, clean), args.repeats)
         qp = tac.stats_["scan_seconds"]
         cells.append({"artifact": str(path), "forward_s": forward, "scan_s": scan, "ratio": scan / forward})

@@ -38,8 +38,9 @@ def main() -> None:
         n = [counts[dataset][k] for k in keep]
         balanced = len(set(n)) == 1  # equal counts: no ranking to correlate with
         plain = None if balanced else spearman([scores["norms"][k] for k in keep], n)
-        robust = (spearman([scores["second_norms"][k] for k in keep], n)
-                  if "second_norms" in scores and not balanced else None)
+        robust_norms = scores.get("robust_norms", scores.get("second_norms"))  # a cell of revision <= 6: second_
+        robust = (spearman([robust_norms[k] for k in keep], n)
+                  if robust_norms is not None and not balanced else None)
         low = min(keep, key=lambda k: scores["relative"][k])
         median = sorted(counts[dataset])[len(counts[dataset]) // 2]
         records.append({"cell": str(path.relative_to(args.results / "cells")), "spearman_plain": plain,

@@ -34,13 +34,14 @@ from torch import Tensor
 
 from common import markdown_table, spearman, write_result
 from tacrecon.attacks import create_attack
-from tacrecon.data import Dataset, Split, load_dataset
+from tacrecon.data import Dataset, Split, clean_subset, load_dataset
 from tacrecon.artifact import evaluate
-from tacrecon.defenses.tac import TAC, detect
+from tacrecon.defenses.tac import TAC
 from tacrecon.models.adapter import as_classifier
 from tacrecon.recipes import build_model, default_train_config, model_kwargs
-from tacrecon.scan import clean_subset
 from tacrecon.stats import trend_prior
+from tacrecon.tac.config import DetectionConfig
+from tacrecon.tac.detect import detect
 
 
 def thinned(data: Dataset, ratio: float, generator: torch.Generator) -> tuple[Dataset, torch.Tensor]:
@@ -76,18 +77,18 @@ def verdicts(tac: TAC, plain: TAC, model: torch.nn.Module, clean: Split) -> dict
     """The classes flagged by TAC as shipped (both looks), by its first look alone, by both looks
     on norms corrected for the class counts or the head's bias, and by the QP without the bias."""
     scan = tac.scan(model, clean)
-    norms = scan.qp.norms
+    norms, robust_norms = scan.plain.qp.norms, scan.robust_look.qp.norms
     counts = torch.bincount(clean.y.cpu(), minlength=len(norms)).double()
     head = as_classifier(model).get_classifier()
     bias = head.bias.detach().double().cpu() if head.bias is not None else torch.zeros(len(norms), dtype=torch.float64)
-    out: dict[str, Any] = {"shipped": scan.flagged, "first": scan.detection.flagged,
-                           "norms": norms.tolist(), "second_norms": scan.second_qp.norms.tolist(),
+    out: dict[str, Any] = {"shipped": scan.flagged, "first": scan.plain.detection.flagged,
+                           "norms": norms.tolist(), "second_norms": robust_norms.tolist(),
                            "clean_counts": counts.tolist(), "head_bias": bias.tolist()}
     for name, x in (("count", counts.clamp_min(1).log()), ("bias", bias)):
-        first = detect(corrected(norms, x), tac.threshold, tac.alpha, tac.rule, tac.max_relative,
-                       tac.high_relative).flagged
-        second = detect(corrected(scan.second_qp.norms, x), tac.second_threshold,
-                        max_relative=tac.second_max_relative).flagged
+        first = detect(corrected(norms, x), tac.detection).flagged
+        second = detect(corrected(robust_norms, x),
+                        DetectionConfig(threshold=tac.robust.threshold, max_relative=tac.robust.max_relative,
+                                        high_relative=0.0)).flagged
         out[name] = first + [k for k in second if k not in first]
     out["nobias"] = plain.scan(model, clean).flagged
     return out
@@ -103,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     base = load_dataset("digits")
-    tac, no_bias = TAC(), TAC(bias=False)
+    tac, no_bias = TAC(), TAC.from_dict({"bias": False})
     records, rows = [], []
     for seed in args.seeds:
         g = torch.Generator().manual_seed(seed)

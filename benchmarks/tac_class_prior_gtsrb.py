@@ -26,7 +26,7 @@ from tacrecon.scan import run_scan
 
 
 def closest_other(record: dict, target: int | None, look: str = "") -> str:
-    """The class that is not the target with the smallest relative norm in a look ('' or 'second_')."""
+    """The class that is not the target with the smallest relative norm in a look ('' or 'robust_')."""
     rel, index = record[f"{look}relative"], record[f"{look}anomaly_index"]
     k = min((k for k in range(len(rel)) if k != target), key=lambda j: rel[j])
     return f"{k}: {rel[k]:.3f}, {index[k]:.2f}"
@@ -45,19 +45,20 @@ def main() -> None:
         for attack in args.attacks:
             out = tuning_folder("gtsrb", attack, seed, args.runs)
             made = run_attack(attack, "gtsrb", "resnet_small", out, root=args.data_root, seed=seed,
-                              train_overrides={"progress": False})
+                              train={"progress": False})
             target = None if attack == "none" else 0
             for prior in ("off", "auto"):
-                r = run_scan(str(out), "gtsrb", torch.device("cpu"), {"prior": prior}, data_root=args.data_root,
-                             seed=seed, clean_fraction=0.05)
+                r = run_scan(str(out), "gtsrb", config={"prior": prior}, root=args.data_root,
+                             device=torch.device("cpu"), seed=seed, clean_fraction=0.05)["scores"]
                 records.append({"seed": seed, "attack": attack, "prior": prior, "acc": made["acc"],
                                 "asr": made["asr"], **{k: r[k] for k in ("targets", "norms", "relative",
-                                                                          "anomaly_index", "prior", "second_relative",
-                                                                          "second_anomaly_index", "second")}})
+                                                                          "anomaly_index", "prior")},
+                                "second_relative": r["robust_relative"],
+                                "second_anomaly_index": r["robust_anomaly_index"], "second": r["robust"]})
                 t = "-" if target is None else (f"{r['relative'][0]:.3f}, {r['anomaly_index'][0]:.2f} / "
-                                                f"{r['second_relative'][0]:.3f}, {r['second_anomaly_index'][0]:.2f}")
+                                                f"{r['robust_relative'][0]:.3f}, {r['robust_anomaly_index'][0]:.2f}")
                 rows.append([seed, attack, prior, r["targets"] or "none", t, closest_other(r, target),
-                             closest_other(r, target, "second_")])
+                             closest_other(r, target, "robust_")])
                 print(rows[-1], flush=True)
     table = markdown_table(["seed", "model", "prior", "flagged", "target: relative, index (first / second look)",
                             "closest other class, first look (relative, index)", "same, second look"], rows)

@@ -19,7 +19,7 @@ import torch
 from common import markdown_table, pct, write_result
 from tacrecon.cli import parse_sets
 from tacrecon.io import read_json
-from tacrecon.scan import run_repair
+from tacrecon.repair import run_repair
 
 
 def main() -> None:
@@ -36,16 +36,18 @@ def main() -> None:
         attack = art.parent.parent.name
         out = args.runs / "tac" / args.dataset / attack / f"seed{args.seed}"
         if not (out / "repair.json").is_file():
-            run_repair(str(art.parent), args.dataset, out, torch.device("cpu"), tac, data_root=args.data_root,
-                       seed=args.seed)
+            run_repair(str(art.parent), args.dataset, out, config=tac, root=args.data_root,
+                       device=torch.device("cpu"), seed=args.seed)
         r = read_json(out / "repair.json")
-        scan, target = r["scan"], read_json(art)["attack_config"]["target"]
+        # a repair.json of the old run_repair holds the scan under "scan" and the run's wall time in "seconds"
+        scan, target = r.get("scores", r.get("scan")), read_json(art)["attack_config"]["target"]
+        seconds = r.get("total_seconds", r["seconds"])
         cells[attack] = {"scan": scan, "before": r["before"], "after": r["after"], "der": r.get("der"),
-                         "repaired": r["repaired"], "seconds": r["seconds"]}
+                         "repaired": r["repaired"], "seconds": seconds}
         rows.append([attack, scan["target"] if scan["backdoored"] else "-", f"{scan['anomaly_index'][target]:.2f}",
                      f"{max(scan['anomaly_index']):.2f}", f"{scan['p_value']:.3g}", pct(r["before"]["acc"]),
                      pct(r["after"]["acc"]), pct(r["before"].get("asr")), pct(r["after"].get("asr")),
-                     "-" if r.get("der") is None else f"{r['der']:.3f}", f"{r['seconds']:.0f}"])
+                     "-" if r.get("der") is None else f"{r['der']:.3f}", f"{seconds:.0f}"])
         print(rows[-1], flush=True)
     table = markdown_table(["attack", "flagged", "index of target", "max index", "p (min norm)", "ACC before",
                             "ACC after", "ASR before", "ASR after", "DER", "seconds"], rows)

@@ -24,16 +24,15 @@ import torch
 from common import add_model_arguments, markdown_table, model_folders, write_result
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.attacks import ATTACKS
-from tacrecon.data import load_dataset
+from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
-from tacrecon.scan import clean_subset
 
 
 def scan(folder: Path, data, seed: int) -> dict:
     art = load_artifact(folder)
     clean = clean_subset(data.train, 0.05, None, seed, art.poison_index)
-    tac = TAC(repair=False).fit(art.model, clean)
-    scores = tac.scores_
+    tac = TAC.from_dict({"repair": False}).fit(art.model, clean)
+    scores = tac.scores()
     norms = torch.tensor(scores["norms"])
     target = art.attack.target if art.attack.name != "none" else None
     others = [k for k in range(len(norms)) if k != target]
@@ -44,9 +43,10 @@ def scan(folder: Path, data, seed: int) -> dict:
             "max_index_other": max(scores["anomaly_index"][k] for k in others),
             "max_relative_other": max(scores["relative"][k] for k in others),
             "min_index_other": min(scores["anomaly_index"][k] for k in others),
-            "by_mad_only": [k for k in range(len(norms)) if scores["anomaly_index"][k] > tac.threshold],
-            "by_relative_only": [k for k in range(len(norms)) if scores["relative"][k] < tac.max_relative],
-            "second": tac.second_, **{k: v for k, v in scores.items() if k.startswith("second_")}}
+            "by_mad_only": [k for k in range(len(norms)) if scores["anomaly_index"][k] > tac.detection.threshold],
+            "by_relative_only": [k for k in range(len(norms)) if scores["relative"][k] < tac.detection.max_relative],
+            "second": scores["robust"],
+            **{"second_" + k.removeprefix("robust_"): v for k, v in scores.items() if k.startswith("robust_")}}
 
 
 def second_look(r: dict) -> str:
@@ -80,7 +80,7 @@ def main() -> None:
     if args.train:
         for seed in args.clean_seeds:
             run_attack("none", "cifar10", "resnet_small", base / "none" / f"seed{seed}", root=args.data_root, seed=seed,
-                       train_overrides={"progress": False})
+                       train={"progress": False})
     jobs = model_folders(args, ATTACKS.names())
     results = []
     for group, folder in jobs:

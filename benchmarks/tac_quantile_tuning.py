@@ -25,11 +25,10 @@ from pathlib import Path
 
 from common import markdown_table, write_result
 from tacrecon.artifact import load_artifact, run_attack
-from tacrecon.data import load_dataset
-from tacrecon.defenses.tac import TAC, latents_of
-from tacrecon.models import as_classifier
+from tacrecon.data import clean_subset, load_dataset
+from tacrecon.defenses.tac import TAC
+from tacrecon.models import as_classifier, latents_of
 from tacrecon.qp import solve_latent_qp
-from tacrecon.scan import clean_subset
 from tacrecon.stats import anomaly_index, relative_scores
 
 CLEAN_FRACTION = {"digits": 0.2, "cifar10": 0.05}  # the scan's clean set in the tuning scripts and the grid
@@ -59,7 +58,7 @@ def digits_models(args: argparse.Namespace) -> list[tuple[Path, int]]:
     for seed in args.digits_seeds:
         for attack in args.digits_attacks:
             out = args.runs / "digits" / attack / f"seed{seed}"
-            run_attack(attack, "digits", "resnet_small", out, seed=seed, train_overrides={"progress": False})
+            run_attack(attack, "digits", "resnet_small", out, seed=seed, train={"progress": False})
             jobs.append((out, seed))
     return jobs
 
@@ -85,9 +84,9 @@ def summary(results: list[dict], dataset: str, q: str) -> list:
 
 def plain_flags(r: dict) -> list[int]:
     """The classes TAC's plain rule flags on the small side (its default index threshold and bound)."""
-    s = r["q"]["1.0"]
+    s, rule = r["q"]["1.0"], TAC().detection
     return [k for k, (i, rel) in enumerate(zip(s["index"], s["relative"]))
-            if i > TAC.threshold and rel < TAC.max_relative]
+            if i > rule.threshold and rel < rule.max_relative]
 
 
 def rule_row(results: list[dict], q: str, threshold: float, max_relative: float) -> list:

@@ -22,13 +22,14 @@ import torch
 
 from common import held_out
 from tacrecon.artifact import load_artifact
-from tacrecon.data import load_dataset
+from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.base import columns_held_at_zero
-from tacrecon.defenses.tac import latents_of, prune_plan, reconstruct, unlearn_loss
 from tacrecon.metrics import accuracy, attack_rates
-from tacrecon.models import as_classifier
-from tacrecon.scan import clean_subset
+from tacrecon.models import as_classifier, latents_of
 from tacrecon.stats import relative_scores
+from tacrecon.tac.detect import reconstruct
+from tacrecon.tac.prune import prune_plan
+from tacrecon.tac.repair import unlearn_loss
 from tacrecon.train import TrainConfig, fit
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "tuning" / "artifacts" / "cifar10" / "resnet_small"
@@ -61,20 +62,20 @@ def main() -> None:
 
     def report(tag: str) -> None:
         asr = attack_rates(model, held, art.attack, art.attack.label_map())[0] if args.attack != "none" else float("nan")
-        rel = relative_scores(reconstruct(model, clean).norms)[t].item()
+        rel = relative_scores(reconstruct(model, latents_of(model, clean.x)).norms)[t].item()
         print(f"{tag}: val acc {accuracy(model, held):.3f} asr {asr:.3f} rel {rel:.2f}", flush=True)
 
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=128, label_smoothing=0.0, schedule="cosine",
                       crop_padding=4, flip=False, progress=False, weight_decay=5e-4)
     with columns_held_at_zero(head, units):
         report("pruned")
-        shifts = [reconstruct(model, clean).shifts[[t]].float()]
+        shifts = [reconstruct(model, latents_of(model, clean.x)).shifts[[t]].float()]
 
         def hook(epoch: int) -> None:
             if epoch > 0:
                 report(f"epoch {epoch}")
             if args.recompute:
-                shifts[0] = reconstruct(model, clean).shifts[[t]].float()
+                shifts[0] = reconstruct(model, latents_of(model, clean.x)).shifts[[t]].float()
 
         params = [p for p in model.parameters() if not any(p is q for q in head.parameters())]
         fit(model, clean, cfg, generator=torch.Generator().manual_seed(args.seed),

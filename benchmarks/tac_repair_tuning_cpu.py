@@ -26,11 +26,10 @@ import torch
 
 from common import TUNING, held_out, markdown_table, pct, tuning_folder, write_result
 from tacrecon.artifact import evaluate, load_artifact
-from tacrecon.data import load_dataset
+from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.io import atomic_write_json, read_json
 from tacrecon.metrics import accuracy, attack_rates
-from tacrecon.scan import clean_subset
 
 PRUNE_VARIANTS = {
     "prune, no fine-tune": {"method": "prune", "epochs": 0},  # prune_stop 1.0 unless said
@@ -82,16 +81,16 @@ ATTACKS = ("badnets", "blended", "wanet", "sig", "none", "lira")
 
 def relative_target_norm(model: torch.nn.Module, clean, target: int) -> float:
     """||s_t|| / median_k ||s_k|| of ``model`` on ``clean``: near 1 once the shortcut to t is gone."""
-    return TAC(repair=False).fit(model, clean).scores_["relative"][target]
+    return TAC.from_dict({"repair": False}).fit(model, clean).scores()["relative"][target]
 
 
 def run_one(art, data, variant: dict, seed: int, val_n: int = 500) -> dict:
     clean = clean_subset(data.train, 0.05, None, seed, art.poison_index)
     held = held_out(data.train, len(clean), val_n, seed, art.poison_index)
-    scan = TAC(repair=False).fit(art.model, clean)
-    target = art.attack.target if art.attack.name != "none" else int(torch.tensor(scan.scores_["norms"]).argmin())
+    scan = TAC.from_dict({"repair": False}).fit(art.model, clean).scores()
+    target = art.attack.target if art.attack.name != "none" else int(torch.tensor(scan["norms"]).argmin())
     start = time.perf_counter()
-    tac = TAC(force_target=target, **variant).fit(art.model, clean, torch.Generator().manual_seed(seed))
+    tac = TAC.from_dict(variant, force_target=target).fit(art.model, clean, torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - start
     after = evaluate(tac.model_, art.attack, data)
     val = {}
@@ -101,7 +100,7 @@ def run_one(art, data, variant: dict, seed: int, val_n: int = 500) -> dict:
             val[f"asr_{when}"] = attack_rates(model, held, art.attack, art.attack.label_map())[0]
     return {"target": target, "before": {k: art.record[k] for k in ("acc", "asr")}, "after": after, "seconds": seconds,
             "val": val,
-            "rel_norm_before": scan.scores_["relative"][target],
+            "rel_norm_before": scan["relative"][target],
             "rel_norm_after": relative_target_norm(tac.model_, clean, target)}
 
 

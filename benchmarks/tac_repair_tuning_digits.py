@@ -16,10 +16,9 @@ import torch
 
 from common import markdown_table, write_result
 from tacrecon.artifact import load_artifact, run_attack
-from tacrecon.data import load_dataset
+from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.metrics import accuracy, attack_rates
-from tacrecon.scan import clean_subset
 
 VARIANTS = {
     "whole net, batch 128": {"freeze_head": False, "batch_size": 128},
@@ -39,11 +38,11 @@ def main() -> None:
     results: dict[str, list] = {name: [] for name in VARIANTS}
     for seed in args.seeds:
         out = args.runs / "digits" / "badnets" / f"seed{seed}"
-        run_attack("badnets", "digits", "resnet_small", out, seed=seed, train_overrides={"progress": False})
+        run_attack("badnets", "digits", "resnet_small", out, seed=seed, train={"progress": False})
         art = load_artifact(out)
         clean = clean_subset(data.train, 0.2, None, seed, art.poison_index)
         for name, kw in VARIANTS.items():
-            tac = TAC(force_target=0, **kw).fit(art.model, clean, torch.Generator().manual_seed(0))
+            tac = TAC.from_dict(kw, force_target=0).fit(art.model, clean, torch.Generator().manual_seed(0))
             asr = attack_rates(tac.model_, data.test, art.attack, art.attack.label_map())[0]
             results[name].append({"seed": seed, "acc": accuracy(tac.model_, data.test), "asr": asr})
             print(seed, name, results[name][-1], flush=True)

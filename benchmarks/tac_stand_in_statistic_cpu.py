@@ -3,7 +3,7 @@
 Usage: python benchmarks/tac_stand_in_statistic_cpu.py [--tuning docs/results/tuning/artifacts]
            [--attacks none blended wanet] [--seeds 100] [--data-root DIR]
 
-For every class k of a CIFAR-10 tuning model, the stand-in of the repair (surrogate_trigger with
+For every class k of a CIFAR-10 tuning model, the stand-in of the repair (search_stand_in with
 TAC's defaults: radius 0.1, 150 steps, from s_k and the clean set alone) is searched, and its
 success, the share of the clean images of the other classes it sends to k, is the score. A target
 would stand out by a high share; read with the MAD anomaly index on the high side (index of the
@@ -21,12 +21,13 @@ import torch
 
 from common import markdown_table, write_result
 from tacrecon.artifact import load_artifact
-from tacrecon.data import load_dataset
-from tacrecon.defenses.tac import TAC, reconstruct, stand_in_success, surrogate_trigger
+from tacrecon.data import clean_subset, load_dataset
+from tacrecon.defenses.tac import TAC
 from tacrecon.io import atomic_write_json, read_json
-from tacrecon.models import as_classifier
-from tacrecon.scan import clean_subset
+from tacrecon.models import as_classifier, latents_of
 from tacrecon.stats import anomaly_index
+from tacrecon.tac.detect import reconstruct
+from tacrecon.tac.stand_in import search_stand_in, stand_in_success
 
 
 def stand_in_shares(folder: Path, data) -> dict:
@@ -35,11 +36,11 @@ def stand_in_shares(folder: Path, data) -> dict:
     seed = art.record["seed"]
     clean = clean_subset(data.train, 0.05, None, seed, art.poison_index)
     model = as_classifier(art.model)
-    qp = reconstruct(model, clean)
+    qp = reconstruct(model, latents_of(model, clean.x))
     tac, shares, start = TAC(), [], time.perf_counter()
     for k in range(model.num_classes):
-        delta = surrogate_trigger(model, clean, k, qp.shifts[k].float(), tac.surrogate_eps, tac.surrogate_steps,
-                                  tac.batch_size, tac.surrogate_lr, torch.Generator().manual_seed(seed))
+        delta = search_stand_in(model, clean, k, qp.shifts[k].float(), tac.stand_in.eps, tac.stand_in.steps,
+                                tac.batch_size, tac.stand_in.lr, torch.Generator().manual_seed(seed))
         shares.append(stand_in_success(model, clean, k, delta))
         print(folder, k, f"{shares[-1]:.3f}", flush=True)
     target = art.attack.target if art.attack.name != "none" else None

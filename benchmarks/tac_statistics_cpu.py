@@ -30,12 +30,12 @@ import torch
 from common import add_model_arguments, markdown_table, model_folders, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.attacks import ATTACKS
-from tacrecon.data import load_dataset
-from tacrecon.defenses.tac import TAC, latents_of, universality_ratios
-from tacrecon.models import as_classifier
+from tacrecon.data import clean_subset, load_dataset
+from tacrecon.defenses.tac import TAC
+from tacrecon.models import as_classifier, latents_of
 from tacrecon.qp import solve_latent_qp
-from tacrecon.scan import clean_subset
 from tacrecon.stats import anomaly_index, relative_scores
+from tacrecon.tac.detect import universality_ratios
 
 STATISTICS = ("norm", "q0.99", "q0.95", "q0.9", "diag", "mahalanobis", "ratio")
 
@@ -65,6 +65,7 @@ def statistics(folder: Path, data, seed: int) -> dict:
     z = latents_of(model, clean.x)
     target = art.attack.target if art.attack.name != "none" else None
     out = {"attack": art.attack.name, "seed": seed, "true_target": target}
+    rule = TAC().detection
     plain = solve_latent_qp(z.double(), head.weight.detach().double(), head.bias.detach().double())
     for name in STATISTICS:
         if name == "norm":
@@ -74,8 +75,8 @@ def statistics(folder: Path, data, seed: int) -> dict:
         else:
             scores = metric_norms(z, head.weight.detach(), head.bias.detach(), name)
         index, rel = anomaly_index(scores), relative_scores(scores)
-        flagged = [int(k) for k in torch.argsort(index, descending=True) if index[k] > TAC.threshold
-                   and rel[k] < TAC.max_relative]
+        flagged = [int(k) for k in torch.argsort(index, descending=True) if index[k] > rule.threshold
+                   and rel[k] < rule.max_relative]
         others = [k for k in range(len(scores)) if k != target]
         out[name] = {"relative": rel.tolist(), "index": index.tolist(), "flagged": flagged,
                      "max_index_other": float(index[others].max()), "min_relative_other": float(rel[others].min())}

@@ -4,7 +4,7 @@ Usage: python benchmarks/tac_surrogate_stability.py [--models gtsrb/blended cifa
        [--seeds 0 1 2] [--only VARIANT ...] [--runs docs/results/tuning] [--data-root DIR]
 
 For each tuning model (its true target, its 5% clean set drawn with the model's seed, as the grid
-draws it) the scan's s_t is computed once; then :func:`~tacrecon.defenses.tac.surrogate_trigger`
+draws it) the scan's s_t is computed once; then :func:`~tacrecon.tac.stand_in.search_stand_in`
 is run with several generator seeds (the batches it draws) for each variant of its settings. A
 row gives the stand-in's success (the share of the clean images of the other classes it sends to
 the target, what a defender can measure) and the same share on 1,000 held-out training images,
@@ -29,12 +29,12 @@ import torch
 
 from common import TUNING, held_out, markdown_table, tuning_folder, write_result
 from tacrecon.artifact import load_artifact
-from tacrecon.data import load_dataset
+from tacrecon.data import clean_subset, load_dataset
 from tacrecon.data.augment import add_clipped
-from tacrecon.defenses.tac import TAC, stand_in_success, surrogate_trigger
+from tacrecon.defenses.tac import TAC
 from tacrecon.io import atomic_write_json, read_json
 from tacrecon.models import as_classifier
-from tacrecon.scan import clean_subset
+from tacrecon.tac.stand_in import search_stand_in, stand_in_success
 
 # name -> (eps, steps, lr, restarts): restarts > 1 keeps the stand-in with the best clean success
 VARIANTS = {
@@ -60,7 +60,7 @@ def run_variant(model, clean, held, target: int, shift: torch.Tensor, variant: t
     best = None
     for r in range(restarts):
         g = torch.Generator().manual_seed(seed * 1000 + r)
-        delta = surrogate_trigger(model, clean, target, shift, eps, steps, 128, lr, g)
+        delta = search_stand_in(model, clean, target, shift, eps, steps, 128, lr, g)
         hit = stand_in_success(model, clean, target, delta)
         if best is None or hit > best[0]:
             best = (hit, delta)
@@ -93,8 +93,8 @@ def main() -> None:
         model = as_classifier(art.model).eval()
         clean = clean_subset(data.train, 0.05, None, args.model_seed, art.poison_index)
         target = art.attack.target
-        tac = TAC(repair=False).fit(art.model, clean)
-        shift = tac.shifts_[target].float()
+        tac = TAC.from_dict({"repair": False}).fit(art.model, clean)
+        shift = tac.scan_.shifts[target].float()
         held = held_out(data.train, len(clean), 1000, args.model_seed, art.poison_index)
         for vname, variant in VARIANTS.items():
             for seed in args.seeds:

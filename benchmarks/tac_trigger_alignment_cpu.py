@@ -8,7 +8,7 @@ other classes than the target), the trigger's latent shift d_i = z(T(x_i)) - z(x
 with s_t reconstructed from the clean set alone: the norm of the mean shift, the mean norm, their
 ratio (1: the same shift for every image, the universal shift TAC looks for), and the cosine of
 s_t with the mean shift and (median) with each d_i. The repair's stand-in for the trigger
-(surrogate_trigger with TAC's defaults, from the clean set alone) is compared the same way: the
+(search_stand_in with TAC's defaults, from the clean set alone) is compared the same way: the
 cosine of its mean latent change with the trigger's, and the share of the held-out images it
 sends to the target on its own. It explains the detection and repair tables; nothing here is
 used to choose a threshold or a setting.
@@ -24,13 +24,14 @@ import torch
 from common import add_model_arguments, held_out, markdown_table, model_folders, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.attacks import ATTACKS
-from tacrecon.data import load_dataset
+from tacrecon.data import clean_subset, load_dataset
 from tacrecon.data.augment import add_clipped
-from tacrecon.defenses.tac import TAC, latents_of, reconstruct, surrogate_trigger
+from tacrecon.defenses.tac import TAC
 from tacrecon.metrics import predict, rate
-from tacrecon.models import as_classifier
-from tacrecon.scan import clean_subset
+from tacrecon.models import as_classifier, latents_of
 from tacrecon.stats import relative_scores
+from tacrecon.tac.detect import reconstruct
+from tacrecon.tac.stand_in import search_stand_in
 
 
 def alignment(folder: Path, data) -> dict:
@@ -42,12 +43,12 @@ def alignment(folder: Path, data) -> dict:
     x = held.x[held.y != t]
     shift = (latents_of(model, art.attack(x)) - latents_of(model, x)).double()
     mean = shift.mean(0)
-    qp = reconstruct(model, clean)
+    qp = reconstruct(model, latents_of(model, clean.x))
     s = qp.shifts[t].double()
     each = (shift @ s) / shift.norm(dim=1).clamp_min(1e-12) / s.norm()
     tac = TAC()
-    delta = surrogate_trigger(model, clean, t, s.float(), tac.surrogate_eps, tac.surrogate_steps, tac.batch_size,
-                              tac.surrogate_lr, torch.Generator().manual_seed(seed))
+    delta = search_stand_in(model, clean, t, s.float(), tac.stand_in.eps, tac.stand_in.steps, tac.batch_size,
+                            tac.stand_in.lr, torch.Generator().manual_seed(seed))
     stand_in = (latents_of(model, add_clipped(x, delta)) - latents_of(model, x)).double().mean(0)
     return {"attack": art.attack.name, "seed": seed, "s_norm": float(s.norm()),
             "stand_in_cos_mean": float(stand_in @ mean / stand_in.norm() / mean.norm()),

@@ -42,8 +42,9 @@ def main() -> None:
     for seed in args.seeds:
         for attack in args.attacks:
             out = args.runs / "digits" / attack / f"seed{seed}"
-            run_attack(attack, "digits", "resnet_small", out, seed=seed, train_overrides={"progress": False})
-            scan = run_scan(str(out), "digits", torch.device("cpu"), seed=seed, clean_fraction=args.clean_fraction)
+            run_attack(attack, "digits", "resnet_small", out, seed=seed, train={"progress": False})
+            scan = run_scan(str(out), "digits", device=torch.device("cpu"), seed=seed,
+                            clean_fraction=args.clean_fraction)["scores"]
             scans[attack].append({k: scan[k] for k in ("norms", "anomaly_index", "p_value")})
             print(attack, seed, round(max(scan["anomaly_index"]), 2), round(scan["p_value"], 4), flush=True)
     rows = []

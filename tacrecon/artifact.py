@@ -26,8 +26,15 @@ from tacrecon.attacks import ATTACKS, Attack, create_attack
 from tacrecon.config import as_stored, differences
 from tacrecon.data import Dataset, load_dataset
 from tacrecon.errors import TacreconError
-from tacrecon.io import (atomic_write_bytes, atomic_write_json, check_output_folder, load_checkpoint, provenance,
-                         read_json, save_checkpoint)
+from tacrecon.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_folder,
+    load_checkpoint,
+    provenance,
+    read_json,
+    save_checkpoint,
+)
 from tacrecon.metrics import accuracy, attack_rates
 from tacrecon.recipes import build_model, default_train_config, model_kwargs
 
@@ -74,9 +81,10 @@ def evaluate(model: nn.Module, attack: Attack, data: Dataset) -> dict[str, float
 
 
 def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str | Path | None = None,
-               device: torch.device | str = "cpu", seed: int = 0, attack_kwargs: dict[str, Any] | None = None,
-               train_overrides: dict[str, Any] | None = None, retrain_outdated: bool = False) -> dict[str, Any]:
-    """Train a backdoored ``arch`` on ``dataset`` with attack ``name`` and save the artifact.
+               device: torch.device | str = "cpu", seed: int = 0, config: dict[str, Any] | None = None,
+               train: dict[str, Any] | None = None, retrain_outdated: bool = False) -> dict[str, Any]:
+    """Train a backdoored ``arch`` on ``dataset`` with attack ``name`` (hyperparameters ``config``;
+    ``train``: changes to the recipe's :class:`~tacrecon.train.TrainConfig`) and save the artifact.
 
     A complete artifact at ``out`` made with the same inputs is reused as is (one made with
     others is an error naming them); an incomplete one is deleted and redone. One made by an
@@ -84,8 +92,8 @@ def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str
     ``retrain_outdated`` deleted and redone. Returns the attack.json record.
     """
     out = Path(out)
-    attack = create_attack(name, **(attack_kwargs or {}))
-    cfg = default_train_config(dataset, **(train_overrides or {}))
+    attack = create_attack(name, **(config or {}))
+    cfg = default_train_config(dataset, **(train or {}))
     if is_complete(out):
         record = read_json(out / ATTACK_JSON)
         asked = {"attack": attack.name, "dataset": dataset, "arch": arch, "seed": seed,

@@ -155,11 +155,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tacrecon.workflows import train_clean
 
     device = pick_device(args.device)
-    overrides = parse_sets(args.set)
+    train = parse_sets(args.set)
     if args.epochs is not None:
-        overrides["epochs"] = args.epochs
+        train["epochs"] = args.epochs
     result = train_clean(args.dataset, args.arch, args.out, root=args.data_root, device=device,
-                         seed=args.seed, overrides=overrides)
+                         seed=args.seed, train=train)
     print(f"{args.arch} on {args.dataset}: ACC {result['acc']:.2%} in {result['seconds']:.0f} s -> {args.out}")
     return 0
 
@@ -170,65 +170,69 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.clean == (args.name is not None and args.name != "none"):
         raise TacreconError("give an attack name or --clean (not both)")
     name = "none" if args.clean else args.name
-    attack_kwargs = parse_sets(args.set)
+    config = parse_sets(args.set)
     for key, value in (("target", args.target), ("rate", args.poison_rate), ("label_mode", args.label_mode)):
         if value is not None:
-            attack_kwargs[key] = value
-    train_overrides = parse_sets(args.train_set)
+            config[key] = value
+    train = parse_sets(args.train_set)
     if args.epochs is not None:
-        train_overrides["epochs"] = args.epochs
+        train["epochs"] = args.epochs
     r = run_attack(name, args.dataset, args.arch, args.out, root=args.data_root, device=pick_device(args.device),
-                   seed=args.seed, attack_kwargs=attack_kwargs, train_overrides=train_overrides)
+                   seed=args.seed, config=config, train=train)
     asr = "" if r["asr"] is None else f", ASR {r['asr']:.2%}, RA {r['ra']:.2%}"
     print(f"{name} on {args.dataset}/{args.arch}: ACC {r['acc']:.2%}{asr} ({r['seconds']:.0f} s) -> {args.out}")
     return 0
 
 
 def scan_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"data_root": args.data_root, "weights": args.weights, "head": args.head, "normalize": args.normalize,
-            "clean_fraction": args.clean_fraction, "clean_n": args.clean_n, "seed": args.seed,
-            "json": args.json, "plot": args.plot}
+    """The keyword arguments that ``scan`` and ``repair`` share."""
+    return {"root": args.data_root, "device": pick_device(args.device), "seed": args.seed, "weights": args.weights,
+            "head": args.head, "normalize": args.normalize, "clean_fraction": args.clean_fraction,
+            "clean_n": args.clean_n, "json": args.json, "plot": args.plot, "config": parse_sets(args.set)}
 
 
-def verdict(scan: dict[str, Any]) -> str:
-    p = f"p = {scan['p_value']:.3g}"
-    k = min(range(len(scan["relative"])), key=lambda j: scan["relative"][j]) if scan["target"] is None else scan["target"]
+def verdict(record: dict[str, Any]) -> str:
+    """The verdict of a TAC run's record in one line."""
+    scan, config = record["scores"], record["defense_config"]
+    relative = [float("inf") if v is None else v for v in scan["relative"]]
+    k = min(range(len(relative)), key=relative.__getitem__) if scan["target"] is None else scan["target"]
     median = "the median for its class frequency" if scan.get("prior") else "the median"
-    stats = f"anomaly index {scan['anomaly_index'][k]:.2f}, norm {scan['relative'][k]:.0%} of {median}, {p}"
+    stats = f"anomaly index {scan['anomaly_index'][k]:.2f}, norm {relative[k]:.0%} of {median}, p = {scan['p_value']:.3g}"
     if scan["target"] is None:
         return f"no backdoor found (smallest relative norm: class {k}, {stats})"
-    why = ", unusually hard to reach: clean-label poisoning" if k in scan.get("unreachable", []) else ""
-    if k in scan.get("second", []):
-        i, rel = scan["second_anomaly_index"][k], scan["second_relative"][k]
-        why = (f"; found by the second look (robust QP, q {scan['second_quantile']}): anomaly index {i:.2f}, "
+    why = ", unusually hard to reach: clean-label poisoning" if k in scan["high_side"] else ""
+    if k in scan["robust"]:
+        i, rel = scan["robust_anomaly_index"][k], scan["robust_relative"][k]
+        why = (f"; found by the robust look (robust QP, q {config['robust_quantile']}): anomaly index {i:.2f}, "
                f"norm {rel:.0%} of {median}")
-    others = [t for t in scan.get("targets", [k]) if t != k]
+    others = [t for t in scan["targets"] if t != k]
     more = f"; also flagged: class{'es' if len(others) > 1 else ''} {', '.join(map(str, others))}" if others else ""
-    return f"BACKDOORED: poisoned class {k} ({scan['target_name']}), {stats}{why}{more}"
+    return f"BACKDOORED: poisoned class {k} ({record['classes'][k]}), {stats}{why}{more}"
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from tacrecon.scan import run_scan
 
-    r = run_scan(args.model, args.dataset, pick_device(args.device), parse_sets(args.set), **scan_options(args))
-    print(f"{args.model}: {verdict(r)} [{r['seconds']:.1f} s, {r['clean_samples']} clean samples]")
+    r = run_scan(args.model, args.dataset, **scan_options(args))
+    print(f"{args.model}: {verdict(r)} [{r['total_seconds']:.1f} s, {r['clean_samples']} clean samples]")
     return 0
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from tacrecon.scan import run_repair
+    from tacrecon.repair import run_repair
 
-    tac = parse_sets(args.set)
+    options = scan_options(args)
     if args.force_target is not None:
-        tac["force_target"] = args.force_target
-    r = run_repair(args.model, args.dataset, args.out, pick_device(args.device), tac, **scan_options(args))
-    print(f"{args.model}: {verdict(r['scan'])}")
+        options["config"]["force_target"] = args.force_target
+    r = run_repair(args.model, args.dataset, args.out, **options)
+    print(f"{args.model}: {verdict(r)}")
     b, a = r["before"], r["after"]
     line = f"ACC {b['acc']:.2%} -> {a['acc']:.2%}"
     if "asr" in b:
         line += f", ASR {b['asr']:.2%} -> {a['asr']:.2%}, RA {b['ra']:.2%} -> {a['ra']:.2%}, DER {r['der']:.3f}"
-    forced = f" (class {tac['force_target']}, forced)" if tac.get("force_target", -1) >= 0 else ""
-    print(("repaired" + forced + ": " if r["repaired"] else "left unchanged: ") + line + f" -> {args.out}")
+    forced = r["defense_config"]["force_target"]
+    print(("repaired" + (f" (class {forced}, forced)" if forced >= 0 else "") + ": " if r["repaired"]
+           else "left unchanged: ") + line + f" -> {args.out}")
     return 0
 
 
@@ -236,7 +240,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
     from tacrecon.defend import run_defense
 
     r = run_defense(args.name, args.artifact, args.out, root=args.data_root, device=pick_device(args.device),
-                    budget=args.budget, overrides=parse_sets(args.set), clean_fraction=args.clean_fraction,
+                    budget=args.budget, config=parse_sets(args.set), clean_fraction=args.clean_fraction,
                     clean_n=args.clean_n, seed=args.seed)
     b, a = r["before"], r["after"]
     line = f"ACC {b['acc']:.2%} -> {a['acc']:.2%}"
@@ -279,8 +283,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from tacrecon.data import DATASETS
     from tacrecon.defenses import DEFENSES
     from tacrecon.models import MODELS
+    from tacrecon.registry import Registry
 
-    registry = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES}[args.what]
+    registries: dict[str, Registry[Any]] = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS,
+                                             "defenses": DEFENSES}
+    registry = registries[args.what]
     for name in registry.names():
         entry = registry.get(name)
         paragraph = " ".join((entry.__doc__ or "").strip().split("\n\n")[0].split())

@@ -59,7 +59,7 @@ class Config:
     def from_dict(cls: type[C], values: Mapping[str, Any] | None = None, **overrides: Any) -> C:
         """Build a config from ``values`` (and ``overrides``); unknown keys and bad types raise."""
         merged = {**(values or {}), **overrides}
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(merged) - set(fields))
         if unknown:
             raise TacreconError(
@@ -74,7 +74,7 @@ class Config:
         """Check value ranges; subclasses override."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     def replace(self: C, **changes: Any) -> C:
         """A copy with ``changes`` applied, validated like ``from_dict``."""

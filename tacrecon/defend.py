@@ -9,7 +9,6 @@ defense detects), seconds per phase, the defense's config and provenance. A fold
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,29 +16,15 @@ from typing import Any
 import torch
 
 from tacrecon.artifact import Artifact, evaluate, load_artifact
-from tacrecon.data import Dataset, load_dataset
+from tacrecon.data import Dataset, clean_subset, load_dataset
 from tacrecon.defenses import Defense, create_defense
 from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_json, provenance, read_json, save_checkpoint
 from tacrecon.metrics import der
-from tacrecon.scan import clean_subset
 
 log = logging.getLogger(__name__)
 
 DEFENSE_JSON = "defense.json"
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with tensors turned into lists/numbers and non-finite floats into None."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().tolist()
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def request_of(name: str, budget: str | None, overrides: dict[str, Any], clean_fraction: float | None,
@@ -73,27 +58,27 @@ def defend_artifact(defense: Defense, art: Artifact, data: Dataset, *, seed: int
     before = {k: art.record[k] for k in ("acc", "asr", "ra")}
     defense.fit(art.model, clean, torch.Generator().manual_seed(seed))
     after = evaluate(defense.model_, art.attack, data)
-    return {"defense": defense.name, "defense_config": defense.to_dict(), "defense_revision": defense.revision,
-            "attack": art.record["attack"],
-            "dataset": art.record["dataset"], "arch": art.record["arch"], "attack_seed": art.record["seed"],
-            "attack_target": art.attack.target, "clean_samples": len(clean), "before": before, "after": after,
-            "der": der(before["acc"], after["acc"], before["asr"], after["asr"]) if before["asr"] is not None else None,
-            "target": defense.target_, "targets": list(defense.targets_),
-            "scores": jsonable(getattr(defense, "scores_", None)), "stats": jsonable(defense.stats_),
-            "seconds": defense.stats_["seconds"]}
+    asr_before, asr_after = before["asr"], after["asr"]
+    removal = (None if asr_before is None or asr_after is None or after["acc"] is None
+               else der(before["acc"], after["acc"], asr_before, asr_after))
+    return {**defense.record(), "attack": art.record["attack"], "dataset": art.record["dataset"],
+            "arch": art.record["arch"], "attack_seed": art.record["seed"], "attack_target": art.attack.target,
+            "clean_samples": len(clean), "before": before, "after": after,
+            "der": removal}
 
 
 def run_defense(name: str, artifact: str | Path, out: str | Path, *, root: str | Path | None = None,
-                device: torch.device | str = "cpu", budget: str | None = None,
-                overrides: dict[str, Any] | None = None, clean_fraction: float | None = None,
-                clean_n: int | None = None, seed: int = 0, save_model: bool = True) -> dict[str, Any]:
-    """Defend the model of ``artifact`` with defense ``name`` and write the result to ``out``.
+                device: torch.device | str = "cpu", seed: int = 0, config: dict[str, Any] | None = None,
+                budget: str | None = None, clean_fraction: float | None = None, clean_n: int | None = None,
+                save_model: bool = True) -> dict[str, Any]:
+    """Defend the model of ``artifact`` with defense ``name`` (hyperparameters ``config`` on top of
+    the named ``budget``) and write the result to ``out``.
 
     The defender's clean set is ``clean_n`` samples (or ``clean_fraction``, default 5%, of the
     training split) drawn with ``seed`` from the training images that were not poisoned.
     Returns the defense.json record.
     """
-    out, overrides = Path(out), dict(overrides or {})
+    out, overrides = Path(out), dict(config or {})
     if out.resolve() == Path(artifact).resolve() or (out / "attack.json").is_file():
         raise TacreconError(f"--out {out} holds an attack artifact: the defended model goes to another folder")
     request = request_of(name, budget, overrides, clean_fraction, clean_n, seed)

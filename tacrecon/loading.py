@@ -112,7 +112,7 @@ def numpy_globals() -> list[Any]:
     try:
         from numpy._core.multiarray import _reconstruct  # numpy 2's pickle entry point
     except ImportError:
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
     dtypes = [type(np.dtype(t)) for t in ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")]
     numpy1 = [(_reconstruct, "numpy.core.multiarray._reconstruct")]  # records written under numpy 1
     return [_reconstruct, *numpy1, np.ndarray, np.dtype, *dtypes]
@@ -136,7 +136,8 @@ def load_backdoorbench(path: Path, dataset: str | None) -> LoadedModel:
         raise TacreconError(f"{path}: no BackdoorBench normalization known for data set {data_name!r} (known: "
                             f"{', '.join(BACKDOORBENCH_STATS)})")
     mean, std = BACKDOORBENCH_STATS[data_name]
-    kwargs = {"num_classes": int(record.get("num_classes", 10)), "in_chans": 3, "mean": list(mean), "std": list(std)}
+    kwargs: dict[str, Any] = {"num_classes": int(record.get("num_classes", 10)), "in_chans": 3, "mean": list(mean),
+                              "std": list(std)}
     model = create_model(name, **kwargs)
     state = {k.removeprefix("module."): v for k, v in record["model"].items()}
     load_state(model, state, str(path))

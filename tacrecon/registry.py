@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Generic, TypeVar, cast
 
 from tacrecon.errors import TacreconError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T", bound=Callable[..., Any])
 
 
-class Registry:
+class Registry(Generic[T]):
     """Maps names to factories (classes or functions).
 
     Example:
@@ -23,7 +24,7 @@ class Registry:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._entries: dict[str, Callable[..., Any]] = {}
+        self._entries: dict[str, T] = {}
 
     def register(self, name: str | None = None) -> Callable[[F], F]:
         """Decorator that registers a factory under ``name`` (default: its ``__name__``)."""
@@ -32,7 +33,7 @@ class Registry:
             key = name or fn.__name__
             if key in self._entries:
                 raise KeyError(f"{self.kind} {key!r} is registered twice")
-            self._entries[key] = fn
+            self._entries[key] = cast(T, fn)
             try:
                 fn.registered_name = key  # type: ignore[attr-defined]
             except (AttributeError, TypeError):
@@ -41,7 +42,7 @@ class Registry:
 
         return decorate
 
-    def get(self, name: str) -> Callable[..., Any]:
+    def get(self, name: str) -> T:
         """The factory registered as ``name``; an unknown name lists the known ones."""
         try:
             return self._entries[name]

@@ -19,14 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def train_clean(dataset: str, arch: str, out: str | Path | None, *, root: str | Path | None = None,
-                device: torch.device | str = "cpu", seed: int = 0,
-                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``arch`` on the clean ``dataset`` with the recipe, save it to ``out`` (if given).
+                device: torch.device | str = "cpu", seed: int = 0, train: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``arch`` on the clean ``dataset`` with the recipe (``train``: :class:`~tacrecon.train.TrainConfig`
+    changes to it), save it to ``out`` (if given).
 
     Returns the result record: ACC on the test split, seconds, the resolved config, provenance.
     """
     data = load_dataset(dataset, root=root, device=device)
-    cfg = default_train_config(dataset, **(overrides or {}))
+    cfg = default_train_config(dataset, **(train or {}))
     kwargs = model_kwargs(arch, data)
     model = build_model(arch, kwargs, seed).to(device)
     start = time.perf_counter()
@@ -42,30 +42,27 @@ def train_clean(dataset: str, arch: str, out: str | Path | None, *, root: str | 
     return record
 
 
-# measured on digits (benchmarks/tac_repair_tuning_digits.py) without the surrogate triggers of the CPU protocol
-DIGITS_REPAIR = {"method": "finetune", "beta": 1.0, "batch_size": 32, "epochs": 20, "surrogate_eps": 0.0}
-
-
 def demo(device: torch.device | str = "cpu", seed: int = 0, epochs: int | None = None,
          out: str | Path | None = None) -> int:
     """Attack digits with BadNets, scan the model with TAC, repair it; print ACC/ASR before and after."""
     import tempfile
 
     from tacrecon.artifact import run_attack
-    from tacrecon.scan import run_repair
+    from tacrecon.defenses.tac import TAC
+    from tacrecon.repair import run_repair
 
-    overrides = {} if epochs is None else {"epochs": epochs}
+    train = {} if epochs is None else {"epochs": epochs}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(out) if out is not None else Path(tmp)
         attack = run_attack("badnets", "digits", "resnet_small", root / "badnets", device=device, seed=seed,
-                            train_overrides=overrides)
+                            train=train)
         print(f"1. trained a BadNets-backdoored resnet_small on digits (target class 0): "
               f"ACC {attack['acc']:.2%}, ASR {attack['asr']:.2%} ({attack['seconds']:.0f} s)")
         # on 8 x 8 digits, pruning the TAC's units does not remove BadNets; the TAC loss does
-        # (docs/benchmarks/tac_repair_tuning_digits.md): the demo uses the digits setting
-        r = run_repair(str(root / "badnets"), "digits", root / "repaired", torch.device(device), seed=seed,
-                       clean_fraction=0.2, tac_kwargs=DIGITS_REPAIR)
-    scan = r["scan"]
+        # (docs/benchmarks/tac_repair_tuning_digits.md): the demo uses TAC's digits budget
+        r = run_repair(str(root / "badnets"), "digits", root / "repaired", device=device, seed=seed,
+                       clean_fraction=0.2, config=TAC.budgets["digits"])
+    scan = r["scores"]
     found = f"class {scan['target']} flagged" if scan["backdoored"] else "no class flagged"
     print(f"2. TAC scan on {r['clean_samples']} clean images: {found} (anomaly index "
           f"{max(scan['anomaly_index']):.2f}, p = {scan['p_value']:.3g}, {scan['scan_seconds']:.1f} s)")

@@ -75,7 +75,7 @@ def test_poison_marks_and_relabels(name, mode, digits):
 @pytest.mark.parametrize("name", NAMES)
 def test_artifact_round_trip(name, tmp_path, digits):
     out = tmp_path / name
-    record = run_attack(name, "digits", "test_cnn", out, seed=0, train_overrides=FAST)
+    record = run_attack(name, "digits", "test_cnn", out, seed=0, train=FAST)
     art = load_artifact(out)
     assert art.record == record and art.poison_index.numel() == record["poisoned"]
     fresh = ready(name, digits) if name != "none" else None
@@ -88,7 +88,7 @@ def test_artifact_round_trip(name, tmp_path, digits):
     again = load_artifact(out)
     with torch.no_grad():
         torch.testing.assert_close(again.model(again.attack(x)), a, rtol=0, atol=0)
-    assert run_attack(name, "digits", "test_cnn", out, seed=0, train_overrides=FAST) == record  # reused
+    assert run_attack(name, "digits", "test_cnn", out, seed=0, train=FAST) == record  # reused
     if name != "none":  # the saved trigger is the one the model was attacked with
         assert attack_rates(again.model, digits.test, again.attack, again.attack.label_map())[0] == record["asr"]
 
@@ -97,7 +97,7 @@ def test_incomplete_artifact_is_redone(tmp_path):
     out = tmp_path / "a"
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"half written")
-    record = run_attack("badnets", "digits", "test_cnn", out, train_overrides=FAST)
+    record = run_attack("badnets", "digits", "test_cnn", out, train=FAST)
     assert load_artifact(out).record == record
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tacrecon.bench import BenchConfig, Cell, expand, load_config, parse_only, plan, run_grid, write_report
-from tacrecon.bench import runner
+from tacrecon.bench import BenchConfig, Cell, expand, load_config, parse_only, plan, run_grid, runner, write_report
 from tacrecon.errors import TacreconError
 
 TINY = {"name": "tiny", "grids": [{"datasets": ["digits"], "archs": ["test_cnn"], "attacks": ["badnets"],
@@ -269,7 +268,7 @@ def test_an_artifact_made_by_an_earlier_attack_revision_is_retrained_with_its_ce
     monkeypatch.setattr(ATTACKS.get("badnets"), "revision", 2)
     assert [runner.cell_state(c, out) for c in cells] == ["stale", "stale"]
     with pytest.raises(TacreconError, match="made by revision 1 of the badnets attack's code, this is revision 2"):
-        run_attack("badnets", "digits", "test_cnn", art, seed=0, train_overrides={"epochs": 1})
+        run_attack("badnets", "digits", "test_cnn", art, seed=0, train={"epochs": 1})
     summary = run_grid(config, out, dry_run=True)
     assert summary["stale"] == 2 and summary["artifacts_to_train"] == 1
     summary = run_grid(config, out, progress=False)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from tacrecon.data.split import Split
 from tacrecon.defenses import create_defense
 from tacrecon.defenses.clp import CLP, conv_bn_pairs, registration_pairs, uclc
-from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.models import create_model
 

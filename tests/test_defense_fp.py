@@ -9,9 +9,8 @@ from tacrecon.data import load_dataset
 from tacrecon.defenses import create_defense, holdout
 from tacrecon.defenses.base import column_mask
 from tacrecon.defenses.fp import choose_pruning, masked_accuracy, pruning_order
-from tacrecon.defenses.tac import latents_of
 from tacrecon.errors import TacreconError
-from tacrecon.models import create_model
+from tacrecon.models import create_model, latents_of
 from tacrecon.train import TrainConfig, fit
 
 

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tacrecon.defenses import create_defense
-from tacrecon.defenses.ibau import (fixed_point_hypergradient, perturbation_scale, perturbed_rows,
-                                    universal_perturbation)
+from tacrecon.defenses.ibau import fixed_point_hypergradient, perturbation_scale, perturbed_rows, universal_perturbation
 from tacrecon.errors import TacreconError
 from tacrecon.models import create_model
 

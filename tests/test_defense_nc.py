@@ -4,13 +4,12 @@ import pytest
 import torch
 
 from tacrecon.artifact import load_artifact, run_attack
-from tacrecon.data import load_dataset
+from tacrecon.data import clean_subset, load_dataset
 from tacrecon.data.split import Split
 from tacrecon.defenses import create_defense
 from tacrecon.defenses.nc import NC, CostSchedule, flag, squash, stamp
 from tacrecon.errors import TacreconError
 from tacrecon.models import create_model
-from tacrecon.scan import clean_subset
 
 
 def test_mad_flagging_on_a_hand_made_vector():
@@ -112,7 +111,7 @@ def test_planted_badnets_trigger_is_the_smallest(tmp_path):
     """A BadNets test_cnn on digits (target 0, 3x3 white patch): class 0's reversed mask is
     several times smaller than other classes' (about 6 s of training, 5 s of search)."""
     data = load_dataset("digits")
-    run_attack("badnets", "digits", "test_cnn", tmp_path / "b", train_overrides={"epochs": 20, "progress": False})
+    run_attack("badnets", "digits", "test_cnn", tmp_path / "b", train={"epochs": 20, "progress": False})
     art = load_artifact(tmp_path / "b")
     clean = clean_subset(data.train, None, 300, 0, art.poison_index)
     nc = NC(nc_batch_size=32, nc_steps=10, nc_epochs=20)

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tacrecon.defenses import create_defense
-from tacrecon.defenses.sau import (attack_masks, js_divergence, potential_poison, project,
-                                   shared_adversarial_loss, shared_pgd)
+from tacrecon.defenses.sau import attack_masks, js_divergence, potential_poison, project, shared_adversarial_loss, shared_pgd
 from tacrecon.errors import TacreconError
 from tacrecon.models import create_model
 

@@ -4,17 +4,15 @@ import pytest
 import torch
 
 from tacrecon.artifact import load_artifact, run_attack
-from tacrecon.data import load_dataset
+from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses import DEFENSES, create_defense
 from tacrecon.errors import TacreconError
-from tacrecon.scan import clean_subset
-
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "badnets"
-    run_attack("badnets", "digits", "test_cnn", out, train_overrides={"epochs": 2, "progress": False})
+    run_attack("badnets", "digits", "test_cnn", out, train={"epochs": 2, "progress": False})
     art = load_artifact(out)
     clean = clean_subset(load_dataset("digits").train, None, 128, 0, art.poison_index)
     return art, clean

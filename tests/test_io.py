@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from tacrecon.errors import TacreconError
-from tacrecon.io import (UMASK, atomic_write_json, load_checkpoint, load_state, load_weights, provenance,
-                         read_json, save_checkpoint, tensors_to_save)
+from tacrecon.io import (
+    UMASK,
+    atomic_write_json,
+    load_checkpoint,
+    load_state,
+    load_weights,
+    provenance,
+    read_json,
+    save_checkpoint,
+    tensors_to_save,
+)
 from tacrecon.models import create_model
 
 

@@ -120,9 +120,12 @@ def test_scan_cli_on_user_module_and_errors(user_model, capsys):
                          "--json", folder / "scan.json", "--plot", folder / "norms.png")
     assert code == 0, err
     record = json.loads((folder / "scan.json").read_text())
-    assert {"backdoored", "target", "targets", "unreachable", "norms", "anomaly_index", "p_value", "seconds",
-            "second", "second_norms", "second_anomaly_index", "second_relative"} <= set(record)
-    assert len(record["norms"]) == 10 and len(record["second_norms"]) == 10 and (folder / "norms.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"defense", "defense_config", "target", "targets", "scores", "seconds", "total_seconds"} <= set(record)
+    scores = record["scores"]
+    assert {"backdoored", "target", "targets", "high_side", "norms", "anomaly_index", "p_value", "robust",
+            "robust_norms", "robust_anomaly_index", "robust_relative"} <= set(scores)
+    assert len(scores["norms"]) == 10 and len(scores["robust_norms"]) == 10
+    assert (folder / "norms.png").read_bytes()[:4] == b"\x89PNG"
     for argv, message in [
         (("--weights", folder / "corrupt.safetensors"), "cannot read weights"),
         (("--weights", folder / "w.pt", "--clean-n", "0"), "clean set must hold"),
@@ -193,10 +196,9 @@ def test_scan_finds_the_head_that_makes_the_output(heads, capsys, name, weights,
     code, _, err = cli(capsys, "scan", f"{heads}/heads.py:{name}", "--weights", heads / f"{weights}.pt",
                        "--dataset", "digits", "--json", heads / "scan.json")
     assert code == 0, err
-    from tacrecon.data import load_dataset
     from tacrecon.scan import prepare
 
-    loaded, _, _ = prepare(f"{heads}/heads.py:{name}", "digits", {"weights": heads / f"{weights}.pt"}, torch.device("cpu"))
+    loaded, _, _ = prepare(f"{heads}/heads.py:{name}", "digits", weights=heads / f"{weights}.pt")
     assert loaded.model.head_name == head
 
 
@@ -256,7 +258,7 @@ def test_repair_and_defend_refuse_to_overwrite_the_input(tmp_path, capsys):
     code, out, err = cli(capsys, "repair", art, "--dataset", "digits", "--out", tmp_path / "r",
                          "--json", tmp_path / "r.json", "--plot", tmp_path / "r.png")
     assert code == 0, err
-    assert json.loads((tmp_path / "r.json").read_text())["backdoored"] is True
+    assert json.loads((tmp_path / "r.json").read_text())["scores"]["backdoored"] is True
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -10,7 +10,6 @@ from tacrecon.errors import TacreconError
 from tacrecon.qp import constraint_offsets, solve_latent_qp
 
 
-
 def problem(n=40, d=12, c=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, d, generator=g, dtype=torch.float64).relu()

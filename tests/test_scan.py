@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from tacrecon.data import clean_subset
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
-from tacrecon.scan import clean_subset
 
 
 def split(n=100, classes=5):

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from tacrecon.stats import (anomaly_index, corrected, count_prior, imbalance_pvalue, min_test_pvalue, relative_scores,
-                            theil_sen_slope)
+from tacrecon.stats import (
+    anomaly_index,
+    corrected,
+    count_prior,
+    imbalance_pvalue,
+    min_test_pvalue,
+    relative_scores,
+    theil_sen_slope,
+)
 
 
 def test_anomaly_index_by_hand():

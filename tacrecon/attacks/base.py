@@ -22,7 +22,7 @@ from tacrecon.metrics import LabelMap, all2all, all2one
 from tacrecon.registry import Registry
 from tacrecon.train import TrainConfig, fit
 
-ATTACKS = Registry("attack")
+ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 @dataclass

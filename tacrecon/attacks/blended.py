@@ -29,12 +29,12 @@ def smooth_pattern(c: int, h: int, w: int, seed: int) -> Tensor:
 
 def load_image(path: str, c: int, h: int, w: int) -> Tensor:
     """The image file at ``path`` as (C, H, W) in [0, 1], resized (bilinear) to H x W."""
-    from PIL import Image, UnidentifiedImageError
     import numpy as np
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
+            im = im.convert("RGB" if c == 3 else "L").resize((w, h), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError) as e:
         raise TacreconError(f"{path}: cannot read the blend image ({e})") from None

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tacrecon.attacks.base import ATTACKS
-from tacrecon.attacks.generators import (GeneratorAttack, cotrain, diversity_loss, seeded_net, set_lr,
-                                         train_batches)
+from tacrecon.attacks.generators import GeneratorAttack, cotrain, diversity_loss, seeded_net, set_lr, train_batches
 from tacrecon.data.split import Dataset, Split
 from tacrecon.errors import TacreconError
 from tacrecon.train import LossFn, TrainConfig, cross_entropy

@@ -73,8 +73,8 @@ class Grid(Config):
         from tacrecon.attacks import ATTACKS, create_attack
         from tacrecon.data import DATASETS
         from tacrecon.defenses import DEFENSES, create_defense
-        from tacrecon.recipes import default_train_config
         from tacrecon.models import MODELS
+        from tacrecon.recipes import default_train_config
 
         for key, registry in (("datasets", DATASETS), ("archs", MODELS), ("attacks", ATTACKS), ("defenses", DEFENSES)):
             _names(key, getattr(self, key), registry)

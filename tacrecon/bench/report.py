@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from tacrecon.bench.cells import FAILED_SUFFIX
 from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_bytes, read_json
-from tacrecon.report import plot_norms, png_bytes, pyplot
+from tacrecon.plots import plot_norms, png_bytes, pyplot
 
 
 @dataclass
@@ -50,9 +50,9 @@ class Row:
     attack_target: int
     seconds: float
     norms: list | None
-    relative: list | None = None  # norms over their median, and the same for TAC's second look (revision 4+)
-    second_relative: list | None = None
-    second_bound: float | None = None
+    relative: list | None = None  # norms over their median, and the same for TAC's robust look (revision 4+)
+    robust_relative: list | None = None
+    robust_bound: float | None = None
     clean: bool = False  # the attack is ``none``: a flagged class is a false positive
     defense_params: dict | None = None  # the overrides that a -<hash> in ``defense`` stands for
     revision: int = 1  # the defense's code revision that made the cell (``Defense.revision``)
@@ -88,10 +88,13 @@ def read_row(root: Path, path: Path) -> Row:
     r = read_json(path)
     try:
         scores, made = r.get("scores") or {}, r.get("attack_record") or {}
+        config = r.get("defense_config") or {}
         return Row(dataset, arch, attack, int(seed[4:]), path.stem, r["after"]["acc"], r["after"]["asr"],
                    r["after"]["ra"], r["der"], r["before"]["acc"], r["before"]["asr"], r["target"], r["targets"],
                    r["attack_target"], r["seconds"], scores.get("norms"), scores.get("relative"),
-                   scores.get("second_relative"), (r.get("defense_config") or {}).get("second_max_relative"),
+                   # TAC's records of revisions <= 6 call the robust look the second one
+                   scores.get("robust_relative", scores.get("second_relative")),
+                   config.get("robust_max_relative", config.get("second_max_relative")),
                    r["attack"] == "none", (r.get("request") or {}).get("defense_params"), r.get("defense_revision", 1),
                    r.get("cell_seconds"), made.get("seconds"), made.get("attack_revision", 1))
     except (KeyError, TypeError, AttributeError) as e:
@@ -125,7 +128,8 @@ def tables(rows: list[Row]) -> list[dict[str, Any]]:
         attacks = sorted({r.attack for r in sub}, key=lambda a: (a not in clean, a))
         body, bold = [], []
         for attack in attacks:
-            cells, ders = [], []
+            cells: list[str] = []
+            ders: list[float | None] = []
             seeds = len({r.seed for r in sub if r.attack == attack})
             for d in defenses:
                 group = [r for r in sub if r.attack == attack and r.defense == d]
@@ -205,11 +209,11 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
         defenses = {r.defense for r in sub} - {"none"}
         seeds = set.intersection(*({r.seed for r in sub if r.defense == d} for d in defenses)) if defenses else set()
         groups = {d: [r for r in sub if r.defense == d and r.seed in seeds] for d in defenses}
-        ders = {d: mean_der(g) for d, g in groups.items() if g}
-        ders = {d: v for d, v in ders.items() if v is not None}
+        found = {d: mean_der(g) for d, g in groups.items() if g}
+        ders = {d: v for d, v in found.items() if v is not None}
         if focus not in ders or len(ders) < 2:
             continue
-        rival = max((d for d in ders if d != focus), key=ders.get)
+        rival = max((d for d in ders if d != focus), key=ders.__getitem__)
         margin = ders[focus] - ders[rival]
         verdict = "tie" if abs(margin) < 5e-3 else "wins" if margin > 0 else "loses"
         body.append([f"{key[0]}/{key[1]}", key[2], str(len(seeds)), f"{ders[focus]:.3f}", cell_text(groups[focus]),
@@ -236,7 +240,7 @@ def removal_bar(rows: list[Row], asr: float = 0.05, drop: float = 0.02) -> dict[
         cells = []
         for d in defenses:
             group = [r for r in attacked if (r.dataset, r.arch, r.defense) == (dataset, arch, d)]
-            met = sum(r.asr <= asr and r.acc_before - r.acc <= drop for r in group)
+            met = sum(r.asr is not None and r.asr <= asr and r.acc_before - r.acc <= drop for r in group)
             cells.append(f"{met}/{len(group)}" if group else "")
         body.append([f"{dataset}/{arch}", *cells])
     return {"title": f"removal bar (attacked models brought to ASR <= {asr:.0%} within {drop * 100:.0f} points of "
@@ -320,8 +324,8 @@ def scatter_png(rows: list[Row], title: str) -> bytes | None:
     markers = "os^vD<>pP*Xh"
     for i, d in enumerate(order({r.defense for r in points}, ["none", "tac"])):
         group = [r for r in points if r.defense == d]
-        ax.scatter([100 * r.acc for r in group], [100 * r.asr for r in group], label=d, marker=markers[i % len(markers)],
-                   s=60 if d == "tac" else 30, alpha=0.8)
+        ax.scatter([100 * r.acc for r in group], [100 * (r.asr or 0.0) for r in group], label=d,
+                   marker=markers[i % len(markers)], s=60 if d == "tac" else 30, alpha=0.8)
     ax.set_xlabel("clean accuracy after defense (%)")
     ax.set_ylabel("attack success rate after defense (%)")
     ax.set_title(f"{title}: each point one attacked model, one defense (down-right is better)", fontsize=9)
@@ -365,9 +369,9 @@ def write_report(out: str | Path) -> dict[str, str]:
         if r.norms:
             path = out / "plots" / f"{r.defense}_{r.dataset}_{r.arch}_{r.attack}_seed{r.seed}.png"
             title = f"{r.defense} scan: {r.dataset}/{r.arch}/{r.attack} seed {r.seed}"
-            if r.second_relative:  # both looks, each norm over its median
+            if r.robust_relative and r.relative:  # both looks, each norm over its median
                 plot_norms(r.relative, r.targets, path, title=title, ylabel="norm / median norm",
-                           second=r.second_relative, bound=r.second_bound)
+                           robust=r.robust_relative, bound=r.robust_bound)
             else:
                 plot_norms(r.norms, r.targets, path, title=title)
             figures.append((path.stem, path.read_bytes()))

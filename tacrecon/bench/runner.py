@@ -10,7 +10,6 @@ existing cluster, or a local Ray instance). A failing job is recorded and the gr
 from __future__ import annotations
 
 import concurrent.futures as cf
-from concurrent.futures.process import BrokenProcessPool
 import contextlib
 import fcntl
 import logging
@@ -19,16 +18,17 @@ import os
 import sys
 import time
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
+from tacrecon.artifact import is_current
 from tacrecon.attacks import ATTACKS
 from tacrecon.bench.cells import Cell, expand, select
 from tacrecon.bench.config import BenchConfig
-from tacrecon.artifact import is_current
 from tacrecon.config import as_stored, differences
 from tacrecon.defenses import create_defense
 from tacrecon.errors import TacreconError
@@ -66,7 +66,7 @@ def artifact_job(cell: Cell, out: str, artifacts: str, root: str | None, device:
     try:
         with file_lock(path.parent / f".{path.name}.lock"):
             run_attack(cell.attack, cell.dataset, cell.arch, path, root=root, device=device, seed=cell.seed,
-                       attack_kwargs=cell.attack_params, train_overrides={**cell.train, "progress": progress},
+                       config=cell.attack_params, train={**cell.train, "progress": progress},
                        retrain_outdated=True)
         return {"ok": True, "error": None}
     except Exception as e:  # recorded in every cell of the artifact; the grid goes on
@@ -118,9 +118,9 @@ def cell_state(cell: Cell, out: Path) -> str:
     or on an artifact made by an earlier revision of the attack's code (``Attack.revision``).
 
     A cell's path and request hold only the overrides, so a changed default (a new threshold, a
-    budget that grew) leaves the request equal; the stored ``defense_config`` is compared with
-    the one this code resolves now, and a stale cell is run again. A result made by other
-    inputs is an error.
+    budget that grew) leaves the request equal; the stored ``defense_config`` (in today's names:
+    ``Defense.canonical_config``) is compared with the one this code resolves now, and a stale cell
+    is run again. A result made by other inputs is an error.
     """
     path = cell.result_path(out)
     if not path.is_file():
@@ -132,7 +132,8 @@ def cell_state(cell: Cell, out: Path) -> str:
     defense = create_defense(cell.defense, cell.budget, **cell.defense_params)
     same_code = (stored.get("defense_revision", 1) == defense.revision
                  and (stored.get("attack_record") or {}).get("attack_revision", 1) == ATTACKS.get(cell.attack).revision)
-    return "done" if same_code and stored.get("defense_config") == as_stored(defense.to_dict()) else "stale"
+    config = as_stored(type(defense).canonical_config(stored.get("defense_config") or {}))
+    return "done" if same_code and config == as_stored(defense.to_dict()) else "stale"
 
 
 def parse_only(items: list[str]) -> dict[str, list[str]]:
@@ -283,7 +284,7 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
     for cell in todo:
         groups.setdefault(cell.artifact_path(artifacts), []).append(cell)
     missing = [p for p in groups if not is_current(p)]
-    summary = {"cells": len(cells), "finished_before": len(cells) - len(todo), "to_run": len(todo),
+    summary: dict[str, Any] = {"cells": len(cells), "finished_before": len(cells) - len(todo), "to_run": len(todo),
                "artifacts_to_train": len(missing), "stale": len(stale), "done": 0, "failed": 0}
     if dry_run or not todo:
         return summary

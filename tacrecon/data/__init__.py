@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -34,15 +34,15 @@ from tacrecon.data.readers import (
     read_imagefolder,
     read_tinyimagenet,
 )
-from tacrecon.data.split import Dataset, Split
+from tacrecon.data.split import Dataset, Split, clean_subset
 from tacrecon.errors import TacreconError
 from tacrecon.registry import Registry
 
-__all__ = ["DATASETS", "Dataset", "Split", "data_roots", "default_cache_dir", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "Split", "clean_subset", "data_roots", "default_cache_dir", "load_dataset"]
 
 log = logging.getLogger(__name__)
 
-DATASETS = Registry("dataset")
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
 
 GTSRB_CLASSES = (
     "Speed limit (20km/h)", "Speed limit (30km/h)", "Speed limit (50km/h)", "Speed limit (60km/h)",

@@ -229,7 +229,7 @@ def read_gtsrb_ppm(folder: Path, classes: Sequence[str], size: int = 32) -> Deco
     test_dir = folder / "GTSRB" / "Final_Test" / "Images"
     test = [(test_dir / f, c) for f, c in _gt_csv(folder / "GT-final_test.csv", len(classes))]
     train_xy, test_xy = _decode_items(train, size, train_dir), _decode_items(test, size, test_dir)
-    return Decoded(*train_xy, *test_xy, list(classes))
+    return Decoded(train_xy[0], train_xy[1], test_xy[0], test_xy[1], list(classes))
 
 
 # --- ImageFolder: <dir>/{train,test}/<class>/<image> ----------------------------------------
@@ -260,7 +260,7 @@ def read_imagefolder(folder: Path, size: int) -> Decoded:
     classes = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
     train = _decode_items(_folder_items(folder / "train", classes), size, folder / "train")
     test = _decode_items(_folder_items(folder / "test", classes), size, folder / "test")
-    return Decoded(*train, *test, classes)
+    return Decoded(train[0], train[1], test[0], test[1], classes)
 
 
 # --- Tiny-ImageNet: tiny-imagenet-200/ -------------------------------------------------------
@@ -299,4 +299,5 @@ def read_tinyimagenet(folder: Path, size: int = 64) -> Decoded:
     test = [(folder / "val" / "images" / r[0], index[r[1]]) for r in rows]
     classes = _tiny_names(folder / "words.txt", wnids)
     train_xy = _decode_items(train, size, folder / "train")
-    return Decoded(*train_xy, *_decode_items(test, size, folder / "val"), classes)
+    test_xy = _decode_items(test, size, folder / "val")
+    return Decoded(train_xy[0], train_xy[1], test_xy[0], test_xy[1], classes)

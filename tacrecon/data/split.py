@@ -82,3 +82,21 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> "Dataset":
         return Dataset(self.name, self.train.to(device), self.test.to(device), self.classes, self.mean, self.std)
+
+
+def clean_subset(train: Split, fraction: float | None, n: int | None, seed: int,
+                 exclude: torch.Tensor | None = None) -> Split:
+    """The defender's clean set: ``n`` samples (or ``fraction`` of ``train``) drawn with ``seed``,
+    disjoint from the indices ``exclude`` (e.g. the poisoned ones)."""
+    keep = torch.ones(len(train), dtype=torch.bool)
+    if exclude is not None and exclude.numel():
+        keep[exclude.cpu()] = False
+    candidates = torch.nonzero(keep).flatten()
+    if fraction is not None and not 0 < fraction <= 1:  # also NaN
+        raise TacreconError(f"the clean fraction must be in (0, 1], got {fraction}")
+    count = n if n is not None else round((fraction if fraction is not None else 0.05) * len(train))
+    if not 0 < count <= candidates.numel():
+        raise TacreconError(f"the clean set must hold 1..{candidates.numel()} samples, got {count}")
+    g = torch.Generator().manual_seed(seed)
+    pick = candidates[torch.randperm(candidates.numel(), generator=g)[:count]].sort().values
+    return train.subset(pick)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,9 +29,10 @@ from torch.nn.utils import prune
 from tacrecon.config import Config
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
+from tacrecon.io import jsonable
 from tacrecon.registry import Registry
 
-DEFENSES = Registry("defense")
+DEFENSES: Registry[type[Defense]] = Registry("defense")
 
 
 @dataclass
@@ -44,14 +46,14 @@ class Defense(Config):
     revision: ClassVar[int] = 1
 
     @classmethod
-    def with_budget(cls, budget: str | None = None, **overrides: Any) -> "Defense":
+    def with_budget(cls, budget: str | None = None, **overrides: Any) -> Defense:
         """This defense with the named ``budget`` (None: the published recipe) and ``overrides``."""
         if budget is not None and budget not in cls.budgets:
             known = ", ".join(cls.budgets) or "none"
             raise TacreconError(f"{cls.__name__} has no budget {budget!r}; known: {known}")
         return cls.from_dict({**(cls.budgets.get(budget, {}) if budget else {}), **overrides})
 
-    def fit(self, model: nn.Module, clean: Split, generator: torch.Generator | None = None) -> "Defense":
+    def fit(self, model: nn.Module, clean: Split, generator: torch.Generator | None = None) -> Defense:
         """Defend a copy of ``model`` with the defender's ``clean`` split; returns ``self``.
 
         Args:
@@ -75,6 +77,22 @@ class Defense(Config):
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
         """Modify ``model`` (already a copy) in place; set ``target_``/``targets_``/``stats_``."""
         raise NotImplementedError
+
+    def scores(self) -> Any:
+        """The per-class scores a detecting defense computed (JSON-ready; None: not a detector)."""
+        return getattr(self, "scores_", None)
+
+    def record(self) -> dict[str, Any]:
+        """What a run of this fitted defense records, whichever command ran it (JSON-ready)."""
+        return jsonable({"defense": self.name, "defense_config": self.to_dict(), "defense_revision": self.revision,
+                         "target": self.target_, "targets": list(self.targets_), "scores": self.scores(),
+                         "stats": self.stats_, "seconds": self.stats_["seconds"]})
+
+    @classmethod
+    def canonical_config(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """A ``defense_config`` stored by an earlier version, in the names and keys :meth:`to_dict`
+        gives today (to tell a finished bench cell from a stale one)."""
+        return dict(stored)
 
     @property
     def name(self) -> str:

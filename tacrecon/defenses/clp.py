@@ -187,7 +187,7 @@ class CLP(Defense):
         if not self.u >= 0:
             raise TacreconError(f"CLP: u must be >= 0, got {self.u}")
 
-    def scores(self, model: nn.Module) -> dict[str, Tensor]:
+    def channel_scores(self, model: nn.Module) -> dict[str, Tensor]:
         """UCLC (C,) of every paired BatchNorm2d of ``model``, by BN name."""
         pairs = conv_bn_pairs(model)
         if not pairs:
@@ -198,7 +198,7 @@ class CLP(Defense):
     @torch.no_grad()
     def defend(self, model: nn.Module, clean: Split, generator: torch.Generator) -> None:
         modules = dict(model.named_modules())
-        self.scores_ = {name: score.tolist() for name, score in self.scores(model).items()}
+        self.scores_ = {name: score.tolist() for name, score in self.channel_scores(model).items()}
         pruned: dict[str, list[int]] = {}
         for name, values in self.scores_.items():
             score = torch.tensor(values)

@@ -16,10 +16,9 @@ from torch import Tensor, nn
 
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES, columns_held_at_zero, holdout
-from tacrecon.defenses.tac import latents_of
-from tacrecon.defenses.tuning import FinetuneDefense
+from tacrecon.defenses.finetune import FinetuneDefense
 from tacrecon.errors import TacreconError
-from tacrecon.models import Classifier, as_classifier
+from tacrecon.models import Classifier, as_classifier, latents_of
 
 
 def pruning_order(latents: Tensor) -> Tensor:

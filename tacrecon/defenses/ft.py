@@ -10,7 +10,7 @@ from torch import nn
 
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES
-from tacrecon.defenses.tuning import FinetuneDefense
+from tacrecon.defenses.finetune import FinetuneDefense
 
 
 @DEFENSES.register("ft")

@@ -16,10 +16,9 @@ from torch import Tensor, nn
 
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES
-from tacrecon.defenses.tuning import FinetuneDefense
+from tacrecon.defenses.finetune import FinetuneDefense
 from tacrecon.errors import TacreconError
 from tacrecon.train import LossFn, fit
-
 
 
 def smoothed_cross_entropy(logits: Tensor, y: Tensor, smoothing: float) -> Tensor:

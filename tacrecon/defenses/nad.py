@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES
-from tacrecon.defenses.tuning import FinetuneDefense
+from tacrecon.defenses.finetune import FinetuneDefense
 from tacrecon.errors import TacreconError
 from tacrecon.train import LossFn
 

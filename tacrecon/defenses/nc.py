@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tacrecon.data.augment import augment
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES
-from tacrecon.defenses.tuning import FinetuneDefense
+from tacrecon.defenses.finetune import FinetuneDefense
 from tacrecon.errors import TacreconError
 from tacrecon.stats import anomaly_index
 
@@ -199,7 +199,7 @@ class NC(FinetuneDefense):
         steps = self.nc_steps or math.ceil(len(clean) / self.nc_batch_size)
         stream = index_stream(len(clean), self.nc_batch_size, generator)
         best, reg_best, epoch = None, math.inf, 0
-        for epoch in range(1, self.nc_epochs + 1):
+        for epoch in range(1, self.nc_epochs + 1):  # noqa: B007 - the last epoch run is reported after the loop
             accs, regs = [], []
             for _ in range(steps):
                 idx = next(stream).to(clean.device)
@@ -221,7 +221,7 @@ class NC(FinetuneDefense):
             if schedule.update(acc >= self.success_threshold, reg_best):
                 break
         reached = best is not None
-        mask, pattern = best if reached else (squash(mask_raw).detach(), squash(pattern_raw).detach())
+        mask, pattern = best if best is not None else (squash(mask_raw).detach(), squash(pattern_raw).detach())
         return {"mask": mask, "pattern": pattern, "norm": float(mask.abs().sum()), "reached": reached,
                 "epochs": epoch}
 

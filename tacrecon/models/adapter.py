@@ -53,7 +53,7 @@ class HeadAdapter(Classifier):
         self.module = module
         self.head_name, head_layer = find_head(module, num_classes, head)
         self.num_classes, self.latent_dim = head_layer.out_features, head_layer.in_features
-        self.normalize = Normalize(mean, std) if mean is not None else nn.Identity()
+        self.normalize = Normalize(mean, std) if mean is not None and std is not None else nn.Identity()
         self._latent: Tensor | None = None
         self._capturing = False
         self._explicit = head is not None

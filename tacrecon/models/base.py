@@ -78,3 +78,13 @@ class Classifier(nn.Module):
     def latent(self, x: Tensor) -> Tensor:
         """Images (N, C_in, H, W) in [0, 1] -> latent (N, d)."""
         return self.forward_head(self.forward_features(x), pre_logits=True)
+
+
+@torch.no_grad()
+def latents_of(model: Classifier, x: Tensor, batch_size: int = 512) -> Tensor:
+    """Latents (N, d) of images ``x`` (N, C, H, W): one forward pass in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model.latent(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    model.train(was_training)
+    return out

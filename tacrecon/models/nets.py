@@ -6,6 +6,7 @@ All are :class:`~tacrecon.models.base.Classifier` subclasses; their factories ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Sequence
 
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 from tacrecon.models.base import Classifier, Normalize, default_stats
 from tacrecon.registry import Registry
 
-MODELS = Registry("model")
+MODELS: Registry[Callable[..., Classifier]] = Registry("model")
 
 
 class PreActBlock(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -31,32 +32,33 @@ def png_bytes(fig: Any, dpi: int = 120) -> bytes:
     return buf.getvalue()
 
 
-def finite_or_zero(values: Sequence[float]) -> list[float]:
-    """The bar heights of a score: an infinite value (an unreachable class) is drawn as 0."""
-    return [v if v != float("inf") else 0 for v in values]
+def finite_or_zero(values: Sequence[float | None]) -> list[float]:
+    """The bar heights of a score: an infinite value (a class no shift reaches; None in a JSON
+    record) is drawn as 0."""
+    return [v if v is not None and math.isfinite(v) else 0.0 for v in values]
 
 
-def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path, classes: Sequence[str] | None = None,
+def plot_norms(norms: Sequence[float | None], flagged: Sequence[int], path: str | Path, classes: Sequence[str] | None = None,
                title: str = "", ylabel: str = "||s_k|| (minimal latent shift)",
-               second: Sequence[float] | None = None, bound: float | None = None) -> None:
+               robust: Sequence[float | None] | None = None, bound: float | None = None) -> None:
     """Bar chart of a per-class score (by default the minimal-shift norms), flagged classes in red (PNG).
 
-    With ``second`` (the second look's score, e.g. the robust norms over their median, beside the plain
+    With ``robust`` (the robust look's score, e.g. the robust norms over their median, beside the plain
     ones over theirs) both series are drawn side by side, with the rule's ``bound`` as a dashed line.
-    An infinite score (an unreachable class) is drawn as 0.
+    An infinite score (a class no shift reaches) is drawn as 0.
     """
     plt = pyplot()
     names = list(classes) if classes is not None else [str(k) for k in range(len(norms))]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(norms) + 1.5), 3.2))
     colors = ["tab:red" if k in flagged else "tab:blue" for k in range(len(norms))]
-    if second is None:
+    if robust is None:
         ax.bar(range(len(norms)), finite_or_zero(norms), color=colors)
     else:
         light = ["salmon" if k in flagged else "lightsteelblue" for k in range(len(norms))]
         ax.bar([k - 0.2 for k in range(len(norms))], finite_or_zero(norms), width=0.4, color=colors,
                label="plain QP")
-        ax.bar([k + 0.2 for k in range(len(norms))], finite_or_zero(second), width=0.4, color=light,
-               label="second look (robust QP)")
+        ax.bar([k + 0.2 for k in range(len(norms))], finite_or_zero(robust), width=0.4, color=light,
+               label="robust look (robust QP)")
         if bound is not None:
             ax.axhline(bound, color="grey", linestyle="--", linewidth=1)
         ax.legend(fontsize=7, loc="lower right")
@@ -71,7 +73,7 @@ def plot_norms(norms: Sequence[float], flagged: Sequence[int], path: str | Path,
 
 def plot_stand_ins(deltas: Tensor, targets: Sequence[int], path: str | Path,
                    classes: Sequence[str] | None = None) -> None:
-    """The surrogate triggers of a TAC repair (``deltas`` (T, C, H, W), one per target), each shown
+    """The stand-in triggers of a TAC repair (``deltas`` (T, C, H, W), one per target), each shown
     as 0.5 + delta / (2 max|delta|): mid-grey is no change (PNG)."""
     fig, axes = pyplot().subplots(1, len(targets), figsize=(2.2 * len(targets), 2.5), squeeze=False)
     for ax, t, d in zip(axes[0], targets, deltas):
@@ -83,3 +85,20 @@ def plot_stand_ins(deltas: Tensor, targets: Sequence[int], path: str | Path,
         ax.axis("off")
     fig.tight_layout()
     atomic_write_bytes(path, png_bytes(fig))
+
+
+def plot_scan(record: dict[str, Any], path: str | Path) -> None:
+    """The per-class scores of a TAC run's record (``scan`` or ``repair``), flagged classes in red,
+    titled with the verdict (PNG): both looks, each norm over its median, where the robust look ran."""
+    scores, config = record["scores"], record["defense_config"]
+    verdict = (f"backdoor, class {scores['target']} ({record['classes'][scores['target']]})"
+               if scores["backdoored"] else "no backdoor found")
+    title = f"{record['model']}: {verdict}"[-90:]
+    if "robust_relative" in scores and config["score"] == "norm":
+        label = "norm / median norm" + (" (class-count corrected)" if scores.get("prior") else "")
+        plot_norms(scores["relative"], scores["targets"], path, record["classes"], title, label,
+                   robust=scores["robust_relative"], bound=config["robust_max_relative"])
+        return
+    ratio = config["score"] == "ratio"
+    plot_norms(scores["ratios" if ratio else "norms"], scores["targets"], path, record["classes"], title,
+               "||s_k|| / mean per-sample distance" if ratio else "||s_k|| (minimal latent shift)")

@@ -8,8 +8,9 @@ which is off here by default because flips change the meaning of digits and traf
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from torch import nn
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import Defense
 from tacrecon.errors import TacreconError
-from tacrecon.train import LossFn, TrainConfig, fit
+from tacrecon.train import BatchHook, LossFn, TrainConfig, fit
 
 
 @dataclass
@@ -51,7 +52,7 @@ class FinetuneDefense(Defense):
         if not 0 <= self.momentum < 1:
             raise TacreconError(f"{type(self).__name__}: momentum must be in [0, 1), got {self.momentum}")
 
-    def train_config(self, clean: Split, **changes) -> TrainConfig:
+    def train_config(self, clean: Split, **changes: Any) -> TrainConfig:
         """The :class:`TrainConfig` of this defense's fine-tune on images like ``clean``'s."""
         pad = self.crop_padding if self.crop_padding >= 0 else clean.x.shape[-1] // 8
         values = dict(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, momentum=self.momentum,
@@ -60,8 +61,10 @@ class FinetuneDefense(Defense):
         return TrainConfig.from_dict({**values, **changes})
 
     def finetune(self, model: nn.Module, clean: Split, generator: torch.Generator, loss_fn: LossFn | None = None,
-                 params: Iterable[nn.Parameter] | None = None, **changes) -> list[float]:
+                 params: Iterable[nn.Parameter] | None = None, batch_hook: BatchHook | None = None,
+                 epoch_hook: Callable[[int], None] | None = None, **changes: Any) -> list[float]:
         """Fine-tune ``model`` in place on ``clean`` with this defense's recipe (``changes`` to
-        the :class:`TrainConfig` on top); returns the loss of each epoch."""
+        the :class:`TrainConfig` on top; the hooks as in :func:`~tacrecon.train.fit`); returns the
+        loss of each epoch."""
         return fit(model, clean, self.train_config(clean, **changes), generator=generator, loss_fn=loss_fn,
-                   params=params, desc=f"{self.name} fine-tune")
+                   params=params, batch_hook=batch_hook, epoch_hook=epoch_hook, desc=f"{self.name} fine-tune")
