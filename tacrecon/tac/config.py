@@ -1,0 +1,162 @@
+"""TAC's hyperparameters, in one small dataclass per part of the method.
+
+The estimator (:class:`tacrecon.defenses.tac.TAC`) holds one of each; every field also has a
+flat name (``threshold``, ``prune_stop``, ``stand_in_eps``, ...) that ``--set key=value``, the
+bench configs and the JSON records use (:data:`FLAT`). Why each default has its value is in
+docs/method.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tacrecon.config import Config
+from tacrecon.errors import TacreconError
+
+
+@dataclass
+class DetectionConfig(Config):
+    """The plain look: the QP over every clean sample and the test on its per-class scores.
+
+    Args:
+        score: what the test reads: ``norm`` (||s_k||, the paper's) or ``ratio`` (||s_k|| over the
+            mean per-sample distance, :func:`~tacrecon.tac.scan.universality_ratios`).
+        bias: include the head's bias in the QP constraints.
+        quantile: 1.0 asks every clean sample to reach the class (the paper's form); q < 1 the
+            q-quantile of the margins.
+        rule: ``mad`` (anomaly index > ``threshold``), ``pvalue`` (the smallest score, if its
+            p-value < ``alpha``) or ``both``.
+        max_relative: a flagged class must also lie below this share of the median score.
+        high_relative: > 1 makes the MAD rule two-sided: a class with index < -``threshold`` and
+            a score above this share of the median is flagged too (the high side: a class that
+            clean images reach only at an unusual cost, as a clean-label attack leaves it); 0: off.
+    """
+
+    score: str = "norm"
+    bias: bool = True
+    quantile: float = 1.0
+    rule: str = "mad"
+    threshold: float = 3.0
+    alpha: float = 0.05
+    max_relative: float = 0.85
+    high_relative: float = 1.25
+
+    def validate(self) -> None:
+        if not 0 < self.quantile <= 1:
+            raise TacreconError(f"quantile must be in (0, 1], got {self.quantile}")
+        if self.score not in ("norm", "ratio"):
+            raise TacreconError(f"score must be norm or ratio, got {self.score!r}")
+        if self.rule not in ("mad", "pvalue", "both"):
+            raise TacreconError(f"rule must be mad, pvalue or both, got {self.rule!r}")
+        if not 0 < self.max_relative <= 1:
+            raise TacreconError(f"max_relative must be in (0, 1], got {self.max_relative}")
+        if self.high_relative != 0 and self.high_relative <= 1:
+            raise TacreconError(f"high_relative must be 0 (off) or > 1, got {self.high_relative}")
+
+    @property
+    def qp_quantile(self) -> float | None:
+        """The quantile for the QP: None (the max over samples) when ``quantile`` is 1."""
+        return None if self.quantile >= 1 else self.quantile
+
+
+@dataclass
+class RobustLookConfig(Config):
+    """The robust look (ours): the QP asks only ``quantile`` of the clean samples to reach each
+    class; a class whose robust norm has anomaly index > ``threshold`` and lies below
+    ``max_relative`` x the median robust norm is flagged too. ``quantile`` 0: off."""
+
+    quantile: float = 0.95
+    threshold: float = 2.0
+    max_relative: float = 0.85
+
+    def validate(self) -> None:
+        if not 0 <= self.quantile < 1 or self.threshold <= 0 or not 0 < self.max_relative <= 1:
+            raise TacreconError(f"need robust_quantile in [0, 1), robust_threshold > 0 and robust_max_relative in "
+                                f"(0, 1], got {self.quantile}, {self.threshold}, {self.max_relative}")
+
+
+@dataclass
+class PriorConfig(Config):
+    """The class-count correction (ours): each look's scores are divided by a power law of the
+    clean set's class counts before the test. ``mode``: ``auto`` (on when the counts span at
+    least ``ratio`` and a chi-square test rejects equal class probabilities at ``alpha``),
+    ``counts`` (always) or ``off``."""
+
+    mode: str = "auto"
+    ratio: float = 2.0
+    alpha: float = 1e-3
+
+    def validate(self) -> None:
+        if self.mode not in ("auto", "counts", "off") or not self.ratio >= 1 or not 0 < self.alpha <= 1:
+            raise TacreconError(f"need prior in auto, counts, off, prior_ratio >= 1 and prior_alpha in (0, 1], got "
+                                f"{self.mode!r}, {self.ratio}, {self.alpha}")
+
+
+@dataclass
+class PruneConfig(Config):
+    """The pruning of the TAC's latent units (``method`` prune).
+
+    Args:
+        stop: prune until every low-side target's norm is this share of the median norm.
+        step: units removed per step (0: d / 128).
+        max: at most this share of the d units.
+        rank: which units go first: ``shift`` (largest |s_t| component) or ``shift_std``
+            (largest |s_t| over the unit's clean standard deviation).
+        peak_max_drop: a high-side class is pruned to the peak of its norm, stopping before the
+            clean accuracy of the pruned head falls by more than this.
+    """
+
+    stop: float = 1.2
+    step: int = 0
+    max: float = 0.5
+    rank: str = "shift"
+    peak_max_drop: float = 0.01
+
+    def validate(self) -> None:
+        if self.stop <= 0 or self.step < 0 or not 0 < self.max <= 1:
+            raise TacreconError(f"need prune_stop > 0, prune_step >= 0 and prune_max in (0, 1], got "
+                                f"{self.stop}, {self.step}, {self.max}")
+        if not 0 <= self.peak_max_drop <= 1:
+            raise TacreconError(f"peak_max_drop must be in [0, 1], got {self.peak_max_drop}")
+        if self.rank not in ("shift", "shift_std"):
+            raise TacreconError(f"prune_rank must be shift or shift_std, got {self.rank!r}")
+
+
+@dataclass
+class StandInConfig(Config):
+    """The stand-in trigger (ours): per low-side target, the universal input perturbation of
+    L-inf radius ``eps`` whose latent change reproduces s_t (``steps`` Adam steps at ``lr``);
+    the fine-tune adds it to ``share`` of every batch with the true labels kept. ``eps`` 0: off."""
+
+    eps: float = 0.1
+    share: float = 0.2
+    steps: int = 150
+    lr: float = 0.05
+
+    def validate(self) -> None:
+        if not 0 <= self.eps <= 1 or not 0 < self.share < 1:
+            raise TacreconError(f"need stand_in_eps in [0, 1] and stand_in_share in (0, 1), got "
+                                f"{self.eps}, {self.share}")
+        if self.steps < 1 or self.lr <= 0:
+            raise TacreconError(f"need stand_in_steps >= 1 and stand_in_lr > 0, got {self.steps}, {self.lr}")
+
+
+GROUPS: dict[str, type[Config]] = {"detection": DetectionConfig, "robust": RobustLookConfig, "prior": PriorConfig,
+                                   "pruning": PruneConfig, "stand_in": StandInConfig}
+
+# flat name -> (group, field): the names of --set, the bench configs and the records
+FLAT: dict[str, tuple[str, str]] = {
+    **{name: ("detection", name) for name in ("score", "bias", "quantile", "rule", "threshold", "alpha",
+                                              "max_relative", "high_relative")},
+    **{f"robust_{name}": ("robust", name) for name in ("quantile", "threshold", "max_relative")},
+    "prior": ("prior", "mode"), "prior_ratio": ("prior", "ratio"), "prior_alpha": ("prior", "alpha"),
+    **{f"prune_{name}": ("pruning", name) for name in ("stop", "step", "max", "rank")},
+    "peak_max_drop": ("pruning", "peak_max_drop"),
+    **{f"stand_in_{name}": ("stand_in", name) for name in ("eps", "share", "steps", "lr")},
+}
+
+# the names records of TAC revisions <= 6 used, still read (and accepted by --set)
+LEGACY: dict[str, str] = {"surrogate_eps": "stand_in_eps", "surrogate_ratio": "stand_in_share",
+                          "surrogate_steps": "stand_in_steps", "surrogate_lr": "stand_in_lr",
+                          "second_quantile": "robust_quantile", "second_threshold": "robust_threshold",
+                          "second_max_relative": "robust_max_relative"}

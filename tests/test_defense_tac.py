@@ -1,0 +1,148 @@
+"""The TAC estimator: end to end on digits (planted BadNets found and removed), the repair's paths, the config."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from conftest import make_tac
+
+import tacrecon.defenses.finetune as finetune_module
+from tacrecon.data.split import Split
+from tacrecon.defenses import create_defense
+from tacrecon.defenses.tac import TAC
+from tacrecon.errors import TacreconError
+from tacrecon.metrics import accuracy, attack_rates
+from tacrecon.models import as_classifier
+from tacrecon.tac.config import StandInConfig
+from tacrecon.tac.repair import search_stand_ins
+
+
+def test_planted_badnets_found_and_removed(planted, digits):
+    art, clean = planted["badnets"]
+    before = attack_rates(art.model, digits.test, art.attack, art.attack.label_map())[0]
+    acc_before = accuracy(art.model, digits.test)
+    state = {k: v.clone() for k, v in art.model.state_dict().items()}
+    # the digits setting: on 8 x 8 digits pruning does not remove BadNets, the TAC loss does
+    tac = create_defense("tac", "digits").fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert tac.target_ == 0 and tac.targets_[0] == 0
+    assert {"norms", "anomaly_index", "p_value"} <= set(tac.scores())
+    assert {"seconds", "scan_seconds", "repair_seconds"} <= set(tac.stats_)
+    for k, v in art.model.state_dict().items():  # the input model is untouched
+        assert torch.equal(v, state[k]), k
+    after = attack_rates(tac.model_, digits.test, art.attack, art.attack.label_map())[0]
+    assert before > 0.9 and after <= 0.05  # the removal bar
+    assert accuracy(tac.model_, digits.test) >= acc_before - 0.02
+
+
+def test_prune_repair_masks_the_pruned_units(planted, digits):
+    art, clean = planted["badnets"]
+    tac = make_tac(method="prune", epochs=1).fit(art.model, clean, torch.Generator().manual_seed(0))
+    head = tac.model_.get_classifier()
+    assert tac.stats_["pruned"] == len(tac.pruned_) > 0
+    assert bool((head.weight[:, tac.pruned_] == 0).all())  # still 0 after the fine-tune
+    assert not any("weight_orig" in k for k in tac.model_.state_dict())  # a plain checkpoint
+    assert tac.stats_["relative_norms"][-1][0] >= tac.pruning.stop
+
+
+def test_clean_model_not_flagged_and_left_unchanged(planted):
+    art, clean = planted["none"]
+    tac = make_tac().fit(art.model, clean)
+    assert tac.target_ is None and tac.targets_ == []
+    assert tac.scan_.plain.prior is None  # a random fifth of digits is balanced enough: no correction
+    assert "repair_seconds" not in tac.stats_
+    for a, b in zip(art.model.state_dict().values(), tac.model_.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_tac_config_is_strict():
+    with pytest.raises(TacreconError, match="unknown TAC key"):
+        TAC.from_dict({"treshold": 2})
+    with pytest.raises(TacreconError, match="quantile"):
+        TAC.from_dict({"quantile": 0})
+
+
+def test_a_class_flagged_on_the_high_side_is_pruned_to_its_peak(monkeypatch):
+    # the repair path of an unreachable class: prune_to_peak, not prune_plan, and only up to the
+    # clean-accuracy guard; the latents are the inputs of a one-layer model
+    import dataclasses
+
+    from torch import nn
+
+    import tacrecon.tac.detect as detect_module
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(300, 40, generator=g)
+    z[:, 3:5] = 0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 5))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(5, 40, generator=g))
+        model[1].weight[0] = model[1].weight[1:].mean(0) + 0.3 * torch.randn(40, generator=g)
+        model[1].weight[0, 3:5] = 8.0
+        model[1].bias.zero_()
+    x = z.reshape(300, 1, 1, 40)
+    clean = Split(x, model(x).argmax(1))
+    real = detect_module.detect
+
+    def high_side(*args, **kwargs):
+        return dataclasses.replace(real(*args, **kwargs), flagged=[0], high_side=[0])
+
+    monkeypatch.setattr(detect_module, "detect", high_side)
+    tac = make_tac(epochs=0, peak_max_drop=0.0).fit(model, clean)
+    assert tac.scan_.high_side == [0] and sorted(tac.pruned_) == [3, 4]
+    assert 0 in tac.stats_["high_side_norms"] and tac.stats_["relative_norms"] == []
+    assert bool((tac.model_[1].weight[:, [3, 4]] == 0).all())
+    assert torch.equal(model(x).argmax(1), tac.model_(x).argmax(1))  # the clean predictions are kept
+
+
+def test_stand_in_repair_keeps_the_stand_ins_and_stamps_the_fine_tune(planted, monkeypatch):
+    art, clean = planted["badnets"]
+    seen = []
+    real = finetune_module.fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("batch_hook"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(finetune_module, "fit", spy)
+    tac = make_tac(epochs=1, stand_in_eps=0.3, stand_in_steps=20).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert tac.targets_ == [0] and tac.stand_ins_.shape == (1, *clean.x.shape[1:])
+    assert tac.stats_["stand_in_targets"] == [0] and 0 <= tac.stats_["stand_in_success"][0] <= 1
+    assert seen and seen[-1] is not None
+    plain = make_tac(epochs=1, stand_in_eps=0.0).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert plain.stand_ins_ is None and seen[-1] is None
+    found = copy.copy(tac.scan_)  # a class of the high side gets no stand-in (prune_to_peak handles it)
+    found.plain = dataclasses.replace(found.plain, detection=dataclasses.replace(found.plain.detection, high_side=[0]))
+    assert search_stand_ins(as_classifier(art.model), clean, [0], found, StandInConfig(), 128,
+                            torch.Generator()) == (None, {})
+    for bad in ({"stand_in_eps": 1.5}, {"stand_in_share": 1.0}, {"stand_in_steps": 0}):
+        with pytest.raises(TacreconError, match="stand_in"):
+            TAC.from_dict(bad)
+
+
+def test_repair_writes_the_stand_in_beside_the_repaired_model(planted, tmp_path):
+    from tacrecon.repair import run_repair
+
+    model = str(planted["root"] / "badnets")
+    r = run_repair(model, "digits", tmp_path / "with", config={"epochs": 1, "stand_in_steps": 5},
+                   clean_fraction=0.2, seed=100)
+    assert r["stand_in"] == "stand_in.png"
+    assert (tmp_path / "with" / "stand_in.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = run_repair(model, "digits", tmp_path / "without", config={"epochs": 1, "stand_in_eps": 0.0},
+                   clean_fraction=0.2, seed=100)
+    assert "stand_in" not in r and not (tmp_path / "without" / "stand_in.png").exists()
+
+
+def test_robust_look_flags_a_class_the_plain_test_misses_and_prunes_its_unit(shortcut_model):
+    model, clean = shortcut_model
+    plain = make_tac(repair=False, robust_quantile=0).fit(model, clean)
+    assert plain.targets_ == [] and plain.scan_.robust == [] and "robust_norms" not in plain.scores()
+    look = make_tac(repair=False, robust_quantile=0.9).fit(model, clean)
+    assert look.targets_ == [0] and look.scan_.robust == [0]
+    assert look.scores()["robust_anomaly_index"][0] > 3 and look.scores()["robust_relative"][0] < 0.85
+    assert float(look.scan_.shifts[0].norm()) == pytest.approx(look.scores()["robust_norms"][0])  # the robust s_t
+    assert float(look.scan_.shifts[1].norm()) == pytest.approx(look.scores()["norms"][1])  # the others keep the plain one
+    tac = make_tac(robust_quantile=0.9, epochs=0).fit(model, clean)
+    assert tac.pruned_[0] == 0 and bool((tac.model_[1].weight[:, 0] == 0).all())
+    assert bool((model[1].weight[0, 0] == 20).all())  # the input model is not modified
+    with pytest.raises(TacreconError, match="robust_quantile"):
+        make_tac(robust_quantile=1.0).validate()
