@@ -61,3 +61,32 @@ def test_paper_and_budgets(name):
         assert isinstance(create_defense(name, budget), cls)
     with pytest.raises(TacreconError, match="no budget"):
         create_defense(name, "huge")
+
+
+# Defenses whose action is gated by a criterion: on the planted model at their smoke budget the
+# criterion finds nothing to act on (ANP's pruning level, chosen on held-out clean data, is 0 after
+# 4 mask steps; CLP's u = 3 flags no channel of this small network; NC's 2 x 2 search steps
+# reverse-engineer no trigger), so they must leave the model as it is and say so in their record.
+GATED = {"anp": lambda d: d.stats_["pruned"] == 0, "clp": lambda d: d.stats_["pruned"] == 0,
+         "nc": lambda d: d.target_ is None}
+
+
+def weights_changed(before: torch.nn.Module, after: torch.nn.Module) -> bool:
+    """Whether any tensor of ``after``'s state differs from ``before``'s."""
+    return any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", [n for n in DEFENSES.names() if n != "none"])
+def test_every_defense_acts_on_a_backdoored_model(name, planted):
+    art, clean = planted["badnets"]
+    defense = create_defense(name, "smoke").fit(art.model, clean, torch.Generator().manual_seed(0))
+    if name in GATED:
+        assert GATED[name](defense) and not weights_changed(art.model, defense.model_), name
+    else:
+        assert weights_changed(art.model, defense.model_), f"{name} left the backdoored model as it was"
+
+
+def test_the_contract_catches_a_defense_that_does_nothing(planted):
+    art, clean = planted["badnets"]
+    nothing = create_defense("none", "smoke").fit(art.model, clean)
+    assert not weights_changed(art.model, nothing.model_)  # what the test above fails on

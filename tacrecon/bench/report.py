@@ -345,9 +345,8 @@ def csv_text(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
-def write_report(out: str | Path) -> dict[str, str]:
-    """Write the report files into ``out`` and return the texts by format (md, html, csv)."""
-    out = Path(out)
+def report_parts(out: Path) -> tuple[list[Row], str, list[dict[str, Any]], str | None]:
+    """The finished cells under ``out``, the report's opening note, its tables and its closing names."""
     rows, failed = load_rows(out)
     if not rows:
         raise TacreconError(f"{out}: no finished cell to report" + (f" ({failed} failed)" if failed else ""))
@@ -358,7 +357,19 @@ def write_report(out: str | Path) -> dict[str, str]:
     note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
             + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds ([n]: over only n of the row's "
             "seeds, the rest not run yet); bold: the highest DER of the row (above 0.5, over all its seeds).")
-    md = "\n\n".join([note, *(markdown(t) for t in blocks + extra), *([names] if names else [])]) + "\n"
+    return rows, note, blocks + extra, names
+
+
+def report_markdown(note: str, tables: list[dict[str, Any]], names: str | None) -> str:
+    """The report as Markdown (``report.md``): the note, every table, the names."""
+    return "\n\n".join([note, *(markdown(t) for t in tables), *([names] if names else [])]) + "\n"
+
+
+def write_report(out: str | Path) -> dict[str, str]:
+    """Write the report files into ``out`` and return the texts by format (md, html, csv)."""
+    out = Path(out)
+    rows, note, all_tables, names = report_parts(out)
+    md = report_markdown(note, all_tables, names)
     figures = []
     for dataset, arch in sorted({(r.dataset, r.arch) for r in rows}):
         png = scatter_png([r for r in rows if (r.dataset, r.arch) == (dataset, arch)], f"{dataset}/{arch}")
@@ -381,7 +392,7 @@ def write_report(out: str | Path) -> dict[str, str]:
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:3px 8px;text-align:right}figure{display:inline-block;margin:1em}</style></head><body>"
             f"<h2>tacrecon benchmark report</h2><p>{html.escape(note)}</p>"
-            + "".join(html_table(t) for t in blocks + extra)
+            + "".join(html_table(t) for t in all_tables)
             + (f"<p>{html.escape(names)}</p>" if names else "") + images + "</body></html>")
     texts = {"md": md, "html": page, "csv": csv_text(rows)}
     for fmt_name, text in texts.items():

@@ -1,0 +1,44 @@
+"""The README's result tables are the committed report's, and that report is what its cells give."""
+
+from pathlib import Path
+
+from tacrecon.bench.report import report_markdown, report_parts
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results" / "cpu"
+
+
+def table_blocks(text: str) -> list[str]:
+    """Every Markdown table of ``text`` (consecutive lines that start with ``|``)."""
+    blocks, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    return blocks
+
+
+def results_section(readme: str) -> str:
+    start = readme.index("## Results")
+    end = readme.index("\n## ", start + 1)
+    return readme[start:end]
+
+
+def test_the_committed_report_is_what_its_cells_give():
+    _, note, tables, names = report_parts(RESULTS)
+    assert report_markdown(note, tables, names) == (RESULTS / "report.md").read_text()
+
+
+def test_every_result_table_of_the_readme_is_one_of_the_report():
+    readme = table_blocks(results_section((ROOT / "README.md").read_text()))
+    report = table_blocks((RESULTS / "report.md").read_text())
+    assert len(readme) >= 3  # CIFAR-10, GTSRB, TAC against the best other defense, ...
+    for block in readme:
+        assert block in report, f"a README table is not in docs/results/cpu/report.md:\n{block[:300]}"
+
+
+def test_table_blocks_finds_each_table_once():
+    text = "intro\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nmore\n| c |\n|---|\n"
+    assert table_blocks(text) == ["| a | b |\n|---|---|\n| 1 | 2 |", "| c |\n|---|"]
