@@ -30,12 +30,12 @@ from tacrecon.io import (
     atomic_write_bytes,
     atomic_write_json,
     check_output_folder,
-    load_checkpoint,
     provenance,
     read_json,
     save_checkpoint,
 )
 from tacrecon.metrics import accuracy, attack_rates
+from tacrecon.models import load_checkpoint
 from tacrecon.recipes import build_model, default_train_config, model_kwargs
 
 log = logging.getLogger(__name__)

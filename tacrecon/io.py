@@ -179,20 +179,3 @@ def save_checkpoint(model: nn.Module, out_dir: str | Path, meta: dict[str, Any])
     out_dir = Path(out_dir)
     atomic_write_bytes(out_dir / MODEL_WEIGHTS, save(tensors_to_save(model)))
     atomic_write_json(out_dir / MODEL_JSON, {"format": "tacrecon-model", "version": 1, **meta})
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model saved by :func:`save_checkpoint` in folder ``path``, in eval mode, and its meta."""
-    from tacrecon.models import create_model
-
-    path = Path(path)
-    meta = read_json(path / MODEL_JSON)
-    if (not isinstance(meta, dict) or meta.get("format") != "tacrecon-model" or not isinstance(meta.get("arch"), str)
-            or not isinstance(meta.get("model_kwargs"), dict)):
-        raise TacreconError(f"{path / MODEL_JSON}: not a tacrecon model description (format, arch, model_kwargs)")
-    try:
-        model = create_model(meta["arch"], **meta["model_kwargs"])
-    except TypeError as e:
-        raise TacreconError(f"{path / MODEL_JSON}: its model_kwargs do not fit {meta['arch']!r} ({e})") from None
-    load_state(model, load_weights(path / MODEL_WEIGHTS), str(path / MODEL_WEIGHTS))
-    return model.to(device).eval(), meta

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from tacrecon.errors import TacreconError
-from tacrecon.io import load_checkpoint, load_state, load_weights, read_json
-from tacrecon.models import Classifier, as_classifier, create_model
+from tacrecon.io import load_state, load_weights, read_json
+from tacrecon.models import Classifier, as_classifier, create_model, load_checkpoint
 
 # BackdoorBench normalizes in its data pipeline with these statistics (GTSRB: identity).
 BACKDOORBENCH_STATS = {

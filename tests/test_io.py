@@ -9,7 +9,6 @@ from tacrecon.errors import TacreconError
 from tacrecon.io import (
     UMASK,
     atomic_write_json,
-    load_checkpoint,
     load_state,
     load_weights,
     provenance,
@@ -17,7 +16,7 @@ from tacrecon.io import (
     save_checkpoint,
     tensors_to_save,
 )
-from tacrecon.models import create_model
+from tacrecon.models import create_model, load_checkpoint
 
 
 def make(seed=0):

@@ -7,7 +7,7 @@ All are :class:`~tacrecon.models.base.Classifier` subclasses; their factories ar
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,6 +16,12 @@ from tacrecon.models.base import Classifier, Normalize, default_stats
 from tacrecon.registry import Registry
 
 MODELS: Registry[Callable[..., Classifier]] = Registry("model")
+
+
+def create_model(name: str, num_classes: int = 10, in_chans: int = 3, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, **kwargs: Any) -> Classifier:
+    """Build the registered model ``name`` for images of ``in_chans`` channels in [0, 1]."""
+    return MODELS.create(name, num_classes=num_classes, in_chans=in_chans, mean=mean, std=std, **kwargs)
 
 
 class PreActBlock(nn.Module):
