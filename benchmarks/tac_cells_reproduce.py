@@ -16,7 +16,7 @@ from pathlib import Path
 from common import markdown_table, pct, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.data import load_dataset
-from tacrecon.defend import defend_artifact
+from tacrecon.commands.defend import defend_artifact
 from tacrecon.defenses import create_defense
 from tacrecon.io import read_json
 

@@ -22,7 +22,7 @@ import torch
 
 from common import TUNING, markdown_table, tuning_folder, write_result
 from tacrecon.artifact import run_attack
-from tacrecon.scan import run_scan
+from tacrecon.commands.scan import run_scan
 
 
 def closest_other(record: dict, target: int | None, look: str = "") -> str:

@@ -19,7 +19,7 @@ import torch
 from common import markdown_table, pct, write_result
 from tacrecon.cli import parse_sets
 from tacrecon.io import read_json
-from tacrecon.repair import run_repair
+from tacrecon.commands.repair import run_repair
 
 
 def main() -> None:

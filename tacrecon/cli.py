@@ -152,7 +152,7 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tacrecon.workflows import train_clean
+    from tacrecon.commands.train import train_clean
 
     device = pick_device(args.device)
     train = parse_sets(args.set)
@@ -211,7 +211,7 @@ def verdict(record: dict[str, Any]) -> str:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from tacrecon.scan import run_scan
+    from tacrecon.commands.scan import run_scan
 
     r = run_scan(args.model, args.dataset, **scan_options(args))
     print(f"{args.model}: {verdict(r)} [{r['total_seconds']:.1f} s, {r['clean_samples']} clean samples]")
@@ -219,7 +219,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from tacrecon.repair import run_repair
+    from tacrecon.commands.repair import run_repair
 
     options = scan_options(args)
     if args.force_target is not None:
@@ -237,7 +237,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_defend(args: argparse.Namespace) -> int:
-    from tacrecon.defend import run_defense
+    from tacrecon.commands.defend import run_defense
 
     r = run_defense(args.name, args.artifact, args.out, root=args.data_root, device=pick_device(args.device),
                     budget=args.budget, config=parse_sets(args.set), clean_fraction=args.clean_fraction,
@@ -297,7 +297,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tacrecon.workflows import demo
+    from tacrecon.commands.demo import demo
 
     return demo(device=pick_device(args.device), seed=args.seed, epochs=args.epochs, out=args.out)
 

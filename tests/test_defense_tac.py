@@ -120,7 +120,7 @@ def test_stand_in_repair_keeps_the_stand_ins_and_stamps_the_fine_tune(planted, m
 
 
 def test_repair_writes_the_stand_in_beside_the_repaired_model(planted, tmp_path):
-    from tacrecon.repair import run_repair
+    from tacrecon.commands.repair import run_repair
 
     model = str(planted["root"] / "badnets")
     r = run_repair(model, "digits", tmp_path / "with", config={"epochs": 1, "stand_in_steps": 5},

@@ -50,6 +50,15 @@ def user_model(tmp_path):
     return tmp_path, net
 
 
+def test_nan_weights_are_named_as_such_not_as_a_missing_head(user_model, capsys):
+    folder, net = user_model
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    save_file(state, str(folder / "nan.safetensors"))
+    code, _, err = cli(capsys, "scan", f"{folder}/net.py:Net", "--weights", folder / "nan.safetensors",
+                       "--dataset", "digits")
+    assert code == 2 and "NaN or infinite" in err and "nn.Linear" not in err and err.count("\n") == 1
+
+
 def test_user_module_with_and_without_head(user_model):
     folder, net = user_model
     x = torch.rand(3, 1, 16, 16)
@@ -196,7 +205,7 @@ def test_scan_finds_the_head_that_makes_the_output(heads, capsys, name, weights,
     code, _, err = cli(capsys, "scan", f"{heads}/heads.py:{name}", "--weights", heads / f"{weights}.pt",
                        "--dataset", "digits", "--json", heads / "scan.json")
     assert code == 0, err
-    from tacrecon.scan import prepare
+    from tacrecon.commands.scan import prepare
 
     loaded, _, _ = prepare(f"{heads}/heads.py:{name}", "digits", weights=heads / f"{weights}.pt")
     assert loaded.model.head_name == head

@@ -78,8 +78,8 @@ def artifact_job(cell: Cell, out: str, artifacts: str, root: str | None, device:
 def cell_job(cell: Cell, out: str, artifacts: str, root: str | None, device: str, threads: int | None) -> dict[str, Any]:
     """Run the defense of ``cell`` on its (existing) artifact and write its result JSON."""
     from tacrecon.artifact import load_artifact, stored_revision
+    from tacrecon.commands.defend import defend_artifact
     from tacrecon.data import load_dataset
-    from tacrecon.defend import defend_artifact
     from tacrecon.defenses import create_defense
 
     _set_threads(threads)

@@ -153,6 +153,26 @@ class ScanResult:
         return self.flagged[0] if self.flagged else None
 
     @property
+    def backdoored(self) -> bool:
+        """Whether any class was flagged."""
+        return bool(self.flagged)
+
+    @property
+    def norms(self) -> Tensor:
+        """(C,) ||s_k||, the plain look's minimal latent shift of every class (inf: unreachable)."""
+        return self.plain.qp.norms
+
+    @property
+    def relative(self) -> Tensor:
+        """(C,) each class's score over the median score (class-count corrected where on)."""
+        return self.plain.detection.relative
+
+    @property
+    def anomaly_index(self) -> Tensor:
+        """(C,) the robust z-score of each class's score; large positive: unusually small."""
+        return self.plain.detection.anomaly_index
+
+    @property
     def high_side(self) -> list[int]:
         """The classes flagged for an unusually large norm (clean-label poisoning)."""
         return self.plain.detection.high_side

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tacrecon.artifact import evaluate as evaluate_attack
+from tacrecon.commands.scan import prepare, write_outputs
 from tacrecon.data import Dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.errors import TacreconError
@@ -27,7 +28,6 @@ from tacrecon.io import (
 )
 from tacrecon.loading import LoadedModel
 from tacrecon.metrics import accuracy, der
-from tacrecon.scan import prepare, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def run_repair(model: str, dataset: str, out: str | Path, *, config: dict[str, A
     """Scan MODEL with TAC (hyperparameters ``config``, flat names), repair every flagged class
     (or ``force_target``), and write the repaired model and ``repair.json`` to ``out``.
 
-    ``options`` are :func:`~tacrecon.scan.prepare`'s (``root``, ``device``, ``seed``,
+    ``options`` are :func:`~tacrecon.commands.scan.prepare`'s (``root``, ``device``, ``seed``,
     ``weights``, ``head``, ``normalize``, ``clean_fraction``, ``clean_n``). Returns the record.
     """
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """``scan``: what a practitioner runs on a model they were handed, and the checks before it.
 
 :func:`prepare` loads the model and the data, checks that they fit each other and draws the
-defender's clean set; ``repair`` (:mod:`tacrecon.repair`) starts the same way.
+defender's clean set; ``repair`` (:mod:`tacrecon.commands.repair`) starts the same way.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def check_made_for(loaded: LoadedModel, data: Dataset, model: str) -> None:
 @torch.no_grad()
 def probe(loaded: LoadedModel, data: Dataset, n: int = 8) -> None:
     """Run the model on ``n`` training images: one error line if it cannot take them, returns no
-    logits tensor (C,) per image, or (for a user's module) its output is not its head's."""
+    logits tensor (C,) per image, returns NaN or infinite logits, or (for a user's module) its
+    output is not its head's."""
     x = data.train.x[:n]
     try:
         logits = loaded.model(x)
@@ -75,6 +76,9 @@ def probe(loaded: LoadedModel, data: Dataset, n: int = 8) -> None:
                             "forward returns the logits alone")
     if logits.shape != (x.shape[0], data.num_classes):
         raise TacreconError(f"the model returns shape {tuple(logits.shape)}, expected (N, {data.num_classes})")
+    if not bool(torch.isfinite(logits).all()):
+        raise TacreconError(f"the model's output on {n} {data.name} training images is NaN or infinite: its weights "
+                            "are broken (saved after a diverged training, or NaN in the file), not its head")
     if loaded.kind == "module":
         loaded.model.locate(x)
 
