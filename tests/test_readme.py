@@ -42,3 +42,14 @@ def test_every_result_table_of_the_readme_is_one_of_the_report():
 def test_table_blocks_finds_each_table_once():
     text = "intro\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nmore\n| c |\n|---|\n"
     assert table_blocks(text) == ["| a | b |\n|---|---|\n| 1 | 2 |", "| c |\n|---|"]
+
+
+def test_the_python_section_runs():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Python"):readme.index("\n## ", readme.index("## Python") + 1)]
+    code = section.split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    assert isinstance(namespace["result"], namespace["tacrecon"].ScanResult)
+    assert type(namespace["repaired"]).__name__ == type(namespace["defended"]).__name__ == "Net"
+    assert namespace["record"]["repaired"] and namespace["ft"]["defense"] == "ft"

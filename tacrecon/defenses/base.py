@@ -6,7 +6,8 @@
 * ``model_``: the defended model (a copy), in eval mode;
 * ``target_``: the class the defense found poisoned, or None (no detection, or not a detector);
 * ``targets_``: every flagged class (multi-target attacks);
-* ``stats_``: seconds per phase and other measurements.
+* ``stats_``: seconds per phase and other measurements;
+* ``scores_``: the per-class scores of a detecting defense (None otherwise).
 
 Each defense names its paper (``paper``) and its compute budgets (``budgets``): the dataclass
 defaults are the published recipe (BackdoorBench's config, for GPU runs); ``budgets["cpu"]`` is
@@ -68,6 +69,7 @@ class Defense(Config):
         self.target_: int | None = None
         self.targets_: list[int] = []
         self.stats_: dict[str, Any] = {}
+        self.scores_: Any = None
         start = time.perf_counter()
         self.defend(self.model_, clean, generator or torch.Generator().manual_seed(0))
         self.stats_["seconds"] = time.perf_counter() - start
@@ -80,7 +82,7 @@ class Defense(Config):
 
     def scores(self) -> Any:
         """The per-class scores a detecting defense computed (JSON-ready; None: not a detector)."""
-        return getattr(self, "scores_", None)
+        return self.scores_
 
     def record(self) -> dict[str, Any]:
         """What a run of this fitted defense records, whichever command ran it (JSON-ready)."""
