@@ -111,9 +111,14 @@ def build_parser() -> Parser:
                            help="repair this class instead of the flagged ones (also when none is flagged)")
         add_common(p)
 
-    p = sub.add_parser("defend", help="run any registered defense on an attack artifact")
+    p = sub.add_parser("defend", help="run any registered defense on any model")
     p.add_argument("name", help="defense name (see `tacrecon list defenses`)")
-    p.add_argument("artifact", help="attack artifact folder (from `tacrecon attack`)")
+    p.add_argument("model", help="attack artifact or checkpoint folder, file.py:Name (with --weights), or attack_result.pt")
+    p.add_argument("--dataset", default=None, help="the dataset the model classifies (default: an artifact's own)")
+    p.add_argument("--weights", default=None, help="weights of a file.py:Name model (.safetensors or .pt)")
+    p.add_argument("--head", default=None, help="name of the final linear layer (default: found automatically)")
+    p.add_argument("--normalize", default=None, metavar="MEAN,...,STD,...",
+                   help="normalization the model expects of its input (it is then fed [0, 1] images)")
     p.add_argument("--out", type=Path, required=True, help="output folder (reused when complete)")
     p.add_argument("--budget", default=None, help="named budget, e.g. cpu (default: the published recipe)")
     group = p.add_mutually_exclusive_group()
@@ -239,15 +244,17 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_defend(args: argparse.Namespace) -> int:
     from tacrecon.commands.defend import run_defense
 
-    r = run_defense(args.name, args.artifact, args.out, root=args.data_root, device=pick_device(args.device),
-                    budget=args.budget, config=parse_sets(args.set), clean_fraction=args.clean_fraction,
-                    clean_n=args.clean_n, seed=args.seed)
+    r = run_defense(args.name, args.model, args.out, dataset=args.dataset, root=args.data_root,
+                    device=pick_device(args.device), budget=args.budget, config=parse_sets(args.set),
+                    clean_fraction=args.clean_fraction, clean_n=args.clean_n, seed=args.seed, weights=args.weights,
+                    head=args.head, normalize=args.normalize)
     b, a = r["before"], r["after"]
     line = f"ACC {b['acc']:.2%} -> {a['acc']:.2%}"
-    if b["asr"] is not None:
+    if b.get("asr") is not None:
         line += f", ASR {b['asr']:.2%} -> {a['asr']:.2%}, RA {b['ra']:.2%} -> {a['ra']:.2%}, DER {r['der']:.3f}"
     found = "" if r["target"] is None else f", flagged class {r['target']}"
-    print(f"{args.name} on {r['attack']} ({r['dataset']}/{r['arch']}): {line}{found} ({r['seconds']:.0f} s) -> {args.out}")
+    what = f"{r['attack']} ({r['dataset']}/{r['arch']})" if "attack" in r else f"{args.model} ({r['dataset']})"
+    print(f"{args.name} on {what}: {line}{found} ({r['seconds']:.0f} s) -> {args.out}")
     return 0
 
 

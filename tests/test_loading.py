@@ -59,6 +59,24 @@ def test_nan_weights_are_named_as_such_not_as_a_missing_head(user_model, capsys)
     assert code == 2 and "NaN or infinite" in err and "nn.Linear" not in err and err.count("\n") == 1
 
 
+def test_defend_any_defense_on_a_user_module_writes_its_own_state_dict(user_model, capsys):
+    from safetensors.torch import load_file
+
+    folder, net = user_model
+    code, out, err = cli(capsys, "defend", "ft", f"{folder}/net.py:Net", "--weights", folder / "w.pt", "--dataset",
+                         "digits", "--out", folder / "ft", "--budget", "smoke")
+    assert code == 0, err
+    assert "ft on" in out and "ACC" in out and "ASR" not in out  # no trigger known: ACC only
+    state = load_file(str(folder / "ft" / "defended.safetensors"))
+    assert set(state) == set(net.state_dict())  # loads into the user's own class
+    net.load_state_dict(state)
+    record = json.loads((folder / "ft" / "defense.json").read_text())
+    assert record["defense"] == "ft" and record["dataset"] == "digits" and "acc" in record["after"]
+    code, _, err = cli(capsys, "defend", "ft", f"{folder}/net.py:Net", "--weights", folder / "w.pt",
+                       "--out", folder / "ft2")
+    assert code == 2 and "--dataset" in err and err.count("\n") == 1
+
+
 def test_user_module_with_and_without_head(user_model):
     folder, net = user_model
     x = torch.rand(3, 1, 16, 16)
@@ -250,7 +268,7 @@ def test_repair_and_defend_refuse_to_overwrite_the_input(tmp_path, capsys):
     assert code == 0, err
     before = (art / "model.safetensors").read_bytes()
     for argv, message in ((("repair", art, "--dataset", "digits", "--out", art), "the model's own folder"),
-                          (("defend", "ft", art, "--out", art, "--budget", "smoke"), "holds an attack artifact"),
+                          (("defend", "ft", art, "--out", art, "--budget", "smoke"), "holds a model (an attack artifact"),
                           (("repair", art, "--dataset", "digits", "--out", tmp_path / "r", "--force-target", "12"),
                            "force_target 12 is not a class of this model"),
                           (("repair", art, "--dataset", "digits", "--out", tmp_path / "r", "--set", "threshold=[1"),

@@ -1,7 +1,9 @@
-"""Run any registered defense on an attack artifact: ``tacrecon defend NAME ARTIFACT --out DIR``.
+"""Run any registered defense on any model: ``tacrecon defend NAME MODEL --out DIR``.
 
-The output folder holds the defended model (a checkpoint of the artifact's architecture) and
-``defense.json``, written last: ACC / ASR / RA before and after, DER, the detected class (if the
+MODEL is anything ``scan`` takes (an attack artifact, a checkpoint, ``file.py:Name --weights W``,
+a BackdoorBench record). The output folder holds the defended model in the model's own format (a
+checkpoint of a registered architecture; for a user's module its state_dict, with the user's keys,
+as ``defended.safetensors``) and ``defense.json``, written last: ACC / ASR / RA before and after, DER, the detected class (if the
 defense detects), seconds per phase, the defense's config and provenance. A folder with a complete
 ``defense.json`` of the same configuration is reused; one of another configuration is an error.
 """
@@ -15,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tacrecon.artifact import Artifact, evaluate, load_artifact
+from tacrecon.artifact import Artifact, evaluate, is_complete, load_artifact
 from tacrecon.data import Dataset, clean_subset, load_dataset
 from tacrecon.defenses import Defense, create_defense
 from tacrecon.errors import TacreconError
@@ -67,34 +69,76 @@ def defend_artifact(defense: Defense, art: Artifact, data: Dataset, *, seed: int
             "der": removal}
 
 
-def run_defense(name: str, artifact: str | Path, out: str | Path, *, root: str | Path | None = None,
-                device: torch.device | str = "cpu", seed: int = 0, config: dict[str, Any] | None = None,
-                budget: str | None = None, clean_fraction: float | None = None, clean_n: int | None = None,
-                save_model: bool = True) -> dict[str, Any]:
-    """Defend the model of ``artifact`` with defense ``name`` (hyperparameters ``config`` on top of
-    the named ``budget``) and write the result to ``out``.
+def run_defense(name: str, model: str | Path, out: str | Path, *, dataset: str | None = None,
+                root: str | Path | None = None, device: torch.device | str = "cpu", seed: int = 0,
+                config: dict[str, Any] | None = None, budget: str | None = None, clean_fraction: float | None = None,
+                clean_n: int | None = None, weights: str | Path | None = None, head: str | None = None,
+                normalize: str | None = None, save_model: bool = True) -> dict[str, Any]:
+    """Defend ``model`` with defense ``name`` (hyperparameters ``config`` on top of the named
+    ``budget``) and write the result to ``out``.
 
     The defender's clean set is ``clean_n`` samples (or ``clean_fraction``, default 5%, of the
-    training split) drawn with ``seed`` from the training images that were not poisoned.
-    Returns the defense.json record.
+    training split of ``dataset``; an artifact's own by default) drawn with ``seed``, outside an
+    artifact's poisoned images. ASR, RA and DER are measured where the model is an attack
+    artifact (its trigger is known); ACC always. Returns the defense.json record.
     """
     out, overrides = Path(out), dict(config or {})
-    if out.resolve() == Path(artifact).resolve() or (out / "attack.json").is_file():
-        raise TacreconError(f"--out {out} holds an attack artifact: the defended model goes to another folder")
+    holds_model = (out / "attack.json").is_file() or ((out / "model.json").is_file() and not (out / DEFENSE_JSON).is_file())
+    if out.resolve() == Path(model).resolve() or holds_model:
+        raise TacreconError(f"--out {out} holds a model (an attack artifact or a checkpoint): the defended model goes "
+                            "to another folder")
     request = request_of(name, budget, overrides, clean_fraction, clean_n, seed)
+    if not is_complete(model):
+        request.update(model=str(model), weights=None if weights is None else str(weights), dataset=dataset)
     done = reuse(out, request)
     if done is not None:
         return done
     defense = create_defense(name, budget, **overrides)  # bad names/keys fail before any loading
     start = time.perf_counter()
-    art = load_artifact(artifact, device)
-    data = load_dataset(art.record["dataset"], root=root, device=device)
-    record = {"request": request, **defend_artifact(defense, art, data, seed=seed, clean_fraction=clean_fraction,
-                                                    clean_n=clean_n), "artifact": str(artifact)}
-    record["total_seconds"] = time.perf_counter() - start
-    record["provenance"] = provenance(device)
-    if save_model:
-        meta = read_json(Path(artifact) / "model.json")
-        save_checkpoint(defense.model_, out, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    if is_complete(model):
+        record = defend_artifact_folder(defense, Path(model), out, root=root, device=device, seed=seed,
+                                        clean_fraction=clean_fraction, clean_n=clean_n, save_model=save_model)
+    else:
+        record = defend_model(defense, str(model), out, dataset=dataset, root=root, device=device, seed=seed,
+                              clean_fraction=clean_fraction, clean_n=clean_n, weights=weights, head=head,
+                              normalize=normalize, save_model=save_model)
+    record = {"request": request, **record, "total_seconds": time.perf_counter() - start,
+              "provenance": provenance(device)}
     atomic_write_json(out / DEFENSE_JSON, record)
     return record
+
+
+def defend_artifact_folder(defense: Defense, artifact: Path, out: Path, *, root: str | Path | None,
+                           device: torch.device | str, seed: int, clean_fraction: float | None, clean_n: int | None,
+                           save_model: bool) -> dict[str, Any]:
+    """:func:`defend_artifact` on the artifact in folder ``artifact``; the defended model saved
+    as a checkpoint of its architecture."""
+    art = load_artifact(artifact, device)
+    data = load_dataset(art.record["dataset"], root=root, device=device)
+    record = {**defend_artifact(defense, art, data, seed=seed, clean_fraction=clean_fraction, clean_n=clean_n),
+              "artifact": str(artifact)}
+    if save_model:
+        meta = read_json(artifact / "model.json")
+        save_checkpoint(defense.model_, out, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    return record
+
+
+def defend_model(defense: Defense, model: str, out: Path, *, dataset: str | None, save_model: bool,
+                 **options: Any) -> dict[str, Any]:
+    """Defend a model that is not an attack artifact (``options``: those of
+    :func:`~tacrecon.commands.scan.prepare`); ACC before and after, the model saved in its own format."""
+    from tacrecon.commands.repair import model_metrics, save_repaired
+    from tacrecon.commands.scan import prepare
+
+    if dataset is None:
+        raise TacreconError(f"{model} is not a complete attack artifact: for any other model, say which data set it "
+                            "classifies with --dataset")
+    seed = options["seed"]
+    loaded, data, clean = prepare(model, dataset, **options)
+    before = model_metrics(loaded, loaded.model, data)
+    defense.fit(loaded.model, clean, torch.Generator().manual_seed(seed))
+    after = model_metrics(loaded, defense.model_, data)
+    if save_model:
+        save_repaired(loaded, defense.model_, out, data, "defended.safetensors")
+    return {**defense.record(), "model": model, "dataset": dataset, "clean_samples": len(clean), "before": before,
+            "after": after}

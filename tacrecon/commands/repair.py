@@ -81,8 +81,10 @@ def check_repair_folder(out: Path, model: str) -> None:
         raise TacreconError(f"--out {out} holds another model (not an earlier repair): give a new folder")
 
 
-def save_repaired(loaded: LoadedModel, model: torch.nn.Module, out: Path, data: Dataset) -> None:
-    """A registered architecture is saved as a checkpoint; a user module as its own state_dict."""
+def save_repaired(loaded: LoadedModel, model: torch.nn.Module, out: Path, data: Dataset,
+                  filename: str = "repaired.safetensors") -> None:
+    """A registered architecture is saved as a checkpoint; a user module as its own state_dict
+    (the user's keys) in ``filename``."""
     if loaded.model_kwargs is not None:
         save_checkpoint(model, out, {"arch": loaded.arch, "model_kwargs": loaded.model_kwargs, "dataset": data.name,
                                      "classes": data.classes, "input_shape": list(data.input_shape)})
@@ -90,4 +92,4 @@ def save_repaired(loaded: LoadedModel, model: torch.nn.Module, out: Path, data: 
     from safetensors.torch import save
 
     inner = getattr(model, "module", model)  # the user's module inside the adapter
-    atomic_write_bytes(out / "repaired.safetensors", save(tensors_to_save(inner)))
+    atomic_write_bytes(out / filename, save(tensors_to_save(inner)))
