@@ -56,9 +56,9 @@ def plot_norms(norms: Sequence[float | None], flagged: Sequence[int], path: str 
     else:
         light = ["salmon" if k in flagged else "lightsteelblue" for k in range(len(norms))]
         ax.bar([k - 0.2 for k in range(len(norms))], finite_or_zero(norms), width=0.4, color=colors,
-               label="plain QP")
+               label="plain look (every sample)")
         ax.bar([k + 0.2 for k in range(len(norms))], finite_or_zero(robust), width=0.4, color=light,
-               label="robust look (robust QP)")
+               label="robust look (a quantile of the samples)")
         if bound is not None:
             ax.axhline(bound, color="grey", linestyle="--", linewidth=1)
         ax.legend(fontsize=7, loc="lower right")
