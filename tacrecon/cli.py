@@ -63,6 +63,20 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
 
 
+def add_model(p: argparse.ArgumentParser, dataset_required: bool) -> None:
+    """MODEL and how to load it, and the defender's clean set: what scan, repair and defend share."""
+    p.add_argument("model", help="checkpoint or attack artifact folder, file.py:Name (with --weights), or attack_result.pt")
+    p.add_argument("--dataset", required=dataset_required,
+                   help="the dataset the model classifies" + ("" if dataset_required else " (default: an artifact's own)"))
+    p.add_argument("--weights", default=None, help="weights of a file.py:Name model (.safetensors or .pt)")
+    p.add_argument("--head", default=None, help="name of the final linear layer (default: found automatically)")
+    p.add_argument("--normalize", default=None, metavar="MEAN,...,STD,...",
+                   help="normalization the model expects of its input (it is then fed [0, 1] images)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--clean-fraction", type=float, default=None, help="share of the training split (default 0.05)")
+    group.add_argument("--clean-n", type=int, default=None, help="number of clean samples")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="tacrecon", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -93,15 +107,7 @@ def build_parser() -> Parser:
     for command, text in (("scan", "scan a model for a backdoor with TAC (clean data only)"),
                           ("repair", "scan a model, then remove the backdoor: prune the latent units of its TAC and fine-tune")):
         p = sub.add_parser(command, help=text)
-        p.add_argument("model", help="checkpoint or artifact folder, file.py:Name (with --weights), or attack_result.pt")
-        p.add_argument("--dataset", required=True, help="the dataset the model classifies")
-        p.add_argument("--weights", default=None, help="weights of a file.py:Name model (.safetensors or .pt)")
-        p.add_argument("--head", default=None, help="name of the final linear layer (default: found automatically)")
-        p.add_argument("--normalize", default=None, metavar="MEAN,...,STD,...",
-                       help="normalization the model expects of its input (it is then fed [0, 1] images)")
-        group = p.add_mutually_exclusive_group()
-        group.add_argument("--clean-fraction", type=float, default=None, help="share of the training split (default 0.05)")
-        group.add_argument("--clean-n", type=int, default=None, help="number of clean samples")
+        add_model(p, dataset_required=True)
         p.add_argument("--json", type=Path, default=None, help="write the result as JSON")
         p.add_argument("--plot", type=Path, default=None, help="write a bar chart of the per-class norms (PNG)")
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
@@ -113,17 +119,9 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("defend", help="run any registered defense on any model")
     p.add_argument("name", help="defense name (see `tacrecon list defenses`)")
-    p.add_argument("model", help="attack artifact or checkpoint folder, file.py:Name (with --weights), or attack_result.pt")
-    p.add_argument("--dataset", default=None, help="the dataset the model classifies (default: an artifact's own)")
-    p.add_argument("--weights", default=None, help="weights of a file.py:Name model (.safetensors or .pt)")
-    p.add_argument("--head", default=None, help="name of the final linear layer (default: found automatically)")
-    p.add_argument("--normalize", default=None, metavar="MEAN,...,STD,...",
-                   help="normalization the model expects of its input (it is then fed [0, 1] images)")
+    add_model(p, dataset_required=False)
     p.add_argument("--out", type=Path, required=True, help="output folder (reused when complete)")
     p.add_argument("--budget", default=None, help="named budget, e.g. cpu (default: the published recipe)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--clean-fraction", type=float, default=None, help="share of the training split (default 0.05)")
-    group.add_argument("--clean-n", type=int, default=None, help="number of clean samples")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="defense hyperparameters")
     add_common(p)
 
