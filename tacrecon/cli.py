@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +17,7 @@ import torch
 import yaml
 
 from tacrecon.errors import TacreconError
+from tacrecon.page import verdict
 
 log = logging.getLogger("tacrecon")
 
@@ -110,6 +112,7 @@ def build_parser() -> Parser:
         add_model(p, dataset_required=True)
         p.add_argument("--json", type=Path, default=None, help="write the result as JSON")
         p.add_argument("--plot", type=Path, default=None, help="write a bar chart of the per-class norms (PNG)")
+        p.add_argument("--html", type=Path, default=None, help="write a one-page report (HTML, images embedded)")
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
         if command == "repair":
             p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -191,26 +194,8 @@ def scan_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments that ``scan`` and ``repair`` share."""
     return {"root": args.data_root, "device": pick_device(args.device), "seed": args.seed, "weights": args.weights,
             "head": args.head, "normalize": args.normalize, "clean_fraction": args.clean_fraction,
-            "clean_n": args.clean_n, "json": args.json, "plot": args.plot, "config": parse_sets(args.set)}
-
-
-def verdict(record: dict[str, Any]) -> str:
-    """The verdict of a TAC run's record in one line."""
-    scan, config = record["scores"], record["defense_config"]
-    relative = [float("inf") if v is None else v for v in scan["relative"]]
-    k = min(range(len(relative)), key=relative.__getitem__) if scan["target"] is None else scan["target"]
-    median = "the median for its class frequency" if scan.get("prior") else "the median"
-    stats = f"anomaly index {scan['anomaly_index'][k]:.2f}, norm {relative[k]:.0%} of {median}, p = {scan['p_value']:.3g}"
-    if scan["target"] is None:
-        return f"no backdoor found (smallest relative norm: class {k}, {stats})"
-    why = ", unusually hard to reach: clean-label poisoning" if k in scan["high_side"] else ""
-    if k in scan["robust"]:
-        i, rel = scan["robust_anomaly_index"][k], scan["robust_relative"][k]
-        why = (f"; found by the robust look (robust QP, q {config['robust_quantile']}): anomaly index {i:.2f}, "
-               f"norm {rel:.0%} of {median}")
-    others = [t for t in scan["targets"] if t != k]
-    more = f"; also flagged: class{'es' if len(others) > 1 else ''} {', '.join(map(str, others))}" if others else ""
-    return f"BACKDOORED: poisoned class {k} ({record['classes'][k]}), {stats}{why}{more}"
+            "clean_n": args.clean_n, "json": args.json, "plot": args.plot, "html": args.html,
+            "command": args.command_line, "config": parse_sets(args.set)}
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -315,7 +300,9 @@ COMMANDS = {"train": cmd_train, "attack": cmd_attack, "scan": cmd_scan, "repair"
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 some bench cells failed, 2 bad input, 130 interrupted)."""
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
+        args.command_line = " ".join(["tacrecon", *map(shlex.quote, map(str, argv))])
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
         if getattr(args, "out", None) is not None:  # a bad --out is said now, not after the work

@@ -32,16 +32,24 @@ def png_bytes(fig: Any, dpi: int = 120) -> bytes:
     return buf.getvalue()
 
 
+def written(png: bytes, path: str | Path | None) -> bytes:
+    """``png``, written to ``path`` first unless it is None."""
+    if path is not None:
+        atomic_write_bytes(path, png)
+    return png
+
+
 def finite_or_zero(values: Sequence[float | None]) -> list[float]:
     """The bar heights of a score: an infinite value (a class no shift reaches; None in a JSON
     record) is drawn as 0."""
     return [v if v is not None and math.isfinite(v) else 0.0 for v in values]
 
 
-def plot_norms(norms: Sequence[float | None], flagged: Sequence[int], path: str | Path, classes: Sequence[str] | None = None,
-               title: str = "", ylabel: str = "||s_k|| (minimal latent shift)",
-               robust: Sequence[float | None] | None = None, bound: float | None = None) -> None:
-    """Bar chart of a per-class score (by default the minimal-shift norms), flagged classes in red (PNG).
+def plot_norms(norms: Sequence[float | None], flagged: Sequence[int], path: str | Path | None,
+               classes: Sequence[str] | None = None, title: str = "", ylabel: str = "||s_k|| (minimal latent shift)",
+               robust: Sequence[float | None] | None = None, bound: float | None = None) -> bytes:
+    """Bar chart of a per-class score (by default the minimal-shift norms), flagged classes in red:
+    the PNG's bytes, also written to ``path`` unless it is None.
 
     With ``robust`` (the robust look's score, e.g. the robust norms over their median, beside the plain
     ones over theirs) both series are drawn side by side, with the rule's ``bound`` as a dashed line.
@@ -68,37 +76,50 @@ def plot_norms(norms: Sequence[float | None], flagged: Sequence[int], path: str 
     ax.set_ylabel(ylabel)
     ax.set_title(title or "TAC scan: flagged classes in red", fontsize=9)
     fig.tight_layout()
-    atomic_write_bytes(path, png_bytes(fig))
+    return written(png_bytes(fig), path)
 
 
-def plot_stand_ins(deltas: Tensor, targets: Sequence[int], path: str | Path,
-                   classes: Sequence[str] | None = None) -> None:
-    """The stand-in triggers of a TAC repair (``deltas`` (T, C, H, W), one per target), each shown
-    as 0.5 + delta / (2 max|delta|): mid-grey is no change (PNG)."""
-    fig, axes = pyplot().subplots(1, len(targets), figsize=(2.2 * len(targets), 2.5), squeeze=False)
-    for ax, t, d in zip(axes[0], targets, deltas):
+def show(ax: Any, image: Tensor, title: str) -> None:
+    """Draw ``image`` (C, H, W) in [0, 1] on ``ax``, titled, without axes."""
+    img = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def plot_stand_ins(deltas: Tensor, targets: Sequence[int], path: str | Path | None,
+                   classes: Sequence[str] | None = None, images: Tensor | None = None) -> bytes:
+    """The stand-in triggers of a TAC run (``deltas`` (T, C, H, W), one per target), each shown
+    as 0.5 + delta / (2 max|delta|) (mid-grey is no change), one row per target; with clean
+    ``images`` (k, C, H, W), each of them beside it with the stand-in added. The PNG's bytes,
+    also written to ``path`` unless it is None."""
+    k = 0 if images is None else images.shape[0]
+    fig, axes = pyplot().subplots(len(targets), 1 + 2 * k, figsize=(2.2 * (1 + 2 * k), 2.5 * len(targets)),
+                                  squeeze=False)
+    for row, t, d in zip(axes, targets, deltas):
         d = d.detach().float().cpu()
-        img = (0.5 + d / (2 * d.abs().max().clamp_min(1e-12))).permute(1, 2, 0).squeeze(-1).numpy()
-        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"class {t}" + (f" ({classes[t]})" if classes is not None else "") +
-                     f"\n|delta| <= {float(d.abs().max()):.2f}", fontsize=8)
-        ax.axis("off")
+        show(row[0], 0.5 + d / (2 * d.abs().max().clamp_min(1e-12)),
+             f"class {t}" + (f" ({classes[t]})" if classes is not None else "") + f"\n|delta| <= {float(d.abs().max()):.2f}")
+        for i in range(k):
+            x = images[i].detach().float().cpu()  # type: ignore[index]
+            show(row[1 + 2 * i], x, "clean image")
+            show(row[2 + 2 * i], (x + d).clamp(0, 1), "with the stand-in")
     fig.tight_layout()
-    atomic_write_bytes(path, png_bytes(fig))
+    return written(png_bytes(fig), path)
 
 
-def plot_scan(record: dict[str, Any], path: str | Path) -> None:
+def plot_scan(record: dict[str, Any], path: str | Path | None) -> bytes:
     """The per-class scores of a TAC run's record (``scan`` or ``repair``), flagged classes in red,
-    titled with the verdict (PNG): both looks, each norm over its median, where the robust look ran."""
+    titled with the verdict: both looks, each norm over its median, where the robust look ran.
+    The PNG's bytes, also written to ``path`` unless it is None."""
     scores, config = record["scores"], record["defense_config"]
     verdict = (f"backdoor, class {scores['target']} ({record['classes'][scores['target']]})"
                if scores["backdoored"] else "no backdoor found")
     title = f"{record['model']}: {verdict}"[-90:]
     if "robust_relative" in scores and config["score"] == "norm":
         label = "norm / median norm" + (" (class-count corrected)" if scores.get("prior") else "")
-        plot_norms(scores["relative"], scores["targets"], path, record["classes"], title, label,
-                   robust=scores["robust_relative"], bound=config["robust_max_relative"])
-        return
+        return plot_norms(scores["relative"], scores["targets"], path, record["classes"], title, label,
+                          robust=scores["robust_relative"], bound=config["robust_max_relative"])
     ratio = config["score"] == "ratio"
-    plot_norms(scores["ratios" if ratio else "norms"], scores["targets"], path, record["classes"], title,
+    return plot_norms(scores["ratios" if ratio else "norms"], scores["targets"], path, record["classes"], title,
                "||s_k|| / mean per-sample distance" if ratio else "||s_k|| (minimal latent shift)")

@@ -106,15 +106,3 @@ def test_demo_attacks_scans_and_repairs_digits(capsys, tmp_path):
     acc_before, acc_after = (float(v.split("%")[0]) for v in repair.split("ACC ")[1].split(", ")[0].split(" -> "))
     asr_after = float(repair.split("ASR ")[1].split("-> ")[1].split("%")[0])
     assert asr_after <= 5.0 and acc_after >= acc_before - 2.0  # the removal bar
-
-
-def test_verdict_names_an_unreachable_target():
-    from tacrecon.cli import verdict
-
-    scores = {"p_value": 1.0, "norms": [15.0] + [10.0] * 9, "target": 0, "targets": [0], "robust": [],
-              "anomaly_index": [-8.6] + [0.0] * 9, "relative": [1.5] + [1.0] * 9, "high_side": [0], "prior": None}
-    record = {"scores": scores, "defense_config": {"robust_quantile": 0.95}, "classes": ["airplane"] + ["x"] * 9}
-    line = verdict(record)
-    assert line.startswith("BACKDOORED: poisoned class 0 (airplane)") and "150% of the median" in line
-    assert "hard to reach" in line
-    assert "hard to reach" not in verdict({**record, "scores": {**scores, "high_side": []}})

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from tacrecon.artifact import evaluate as evaluate_attack
-from tacrecon.commands.scan import prepare, write_outputs
+from tacrecon.commands.scan import prepare, write_html, write_outputs
 from tacrecon.data import Dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.errors import TacreconError
@@ -41,17 +41,19 @@ def model_metrics(loaded: LoadedModel, model: torch.nn.Module, data: Dataset) ->
 
 
 def run_repair(model: str, dataset: str, out: str | Path, *, config: dict[str, Any] | None = None,
-               json: str | Path | None = None, plot: str | Path | None = None, **options: Any) -> dict[str, Any]:
+               json: str | Path | None = None, plot: str | Path | None = None, html: str | Path | None = None,
+               command: str | None = None, **options: Any) -> dict[str, Any]:
     """Scan MODEL with TAC (hyperparameters ``config``, flat names), repair every flagged class
     (or ``force_target``), and write the repaired model and ``repair.json`` to ``out``.
 
     ``options`` are :func:`~tacrecon.commands.scan.prepare`'s (``root``, ``device``, ``seed``,
-    ``weights``, ``head``, ``normalize``, ``clean_fraction``, ``clean_n``). Returns the record.
+    ``weights``, ``head``, ``normalize``, ``clean_fraction``, ``clean_n``); ``html``: the
+    one-page report (``command`` shown on it). Returns the record.
     """
     start = time.perf_counter()
     out = Path(out)
     check_repair_folder(out, model)
-    loaded, data, clean = prepare(model, dataset, json=json, plot=plot, **options)
+    loaded, data, clean = prepare(model, dataset, json=json, plot=plot, html=html, **options)
     before = model_metrics(loaded, loaded.model, data)
     tac = TAC.from_dict({**(config or {}), "repair": True})
     tac.fit(loaded.model, clean, torch.Generator().manual_seed(options.get("seed", 0)))
@@ -68,6 +70,8 @@ def run_repair(model: str, dataset: str, out: str | Path, *, config: dict[str, A
         plot_stand_ins(tac.stand_ins_, tac.stats_["stand_in_targets"], out / "stand_in.png", data.classes)
         record["stand_in"] = "stand_in.png"
     record.update(total_seconds=time.perf_counter() - start, provenance=provenance(options.get("device", "cpu")))
+    if html:
+        write_html(html, record, clean, tac.stand_ins_, tac.stats_.get("stand_in_targets", []), command)
     atomic_write_json(out / "repair.json", record)
     return record
 

@@ -18,6 +18,7 @@ from tacrecon.defenses.tac import TAC
 from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_json, check_output_folder, provenance
 from tacrecon.loading import LoadedModel, load_any
+from tacrecon.tac.repair import search_stand_ins
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,16 @@ log = logging.getLogger(__name__)
 def prepare(model: str, dataset: str, *, root: str | Path | None = None, device: torch.device | str = "cpu",
             seed: int = 0, weights: str | Path | None = None, head: str | None = None, normalize: str | None = None,
             clean_fraction: float | None = None, clean_n: int | None = None, json: str | Path | None = None,
-            plot: str | Path | None = None) -> tuple[LoadedModel, Dataset, Split]:
+            plot: str | Path | None = None, html: str | Path | None = None) -> tuple[LoadedModel, Dataset, Split]:
     """Load the data and the model, check that they fit each other, and draw the clean set
-    (``seed``); the output paths ``json`` and ``plot`` are checked before any work."""
-    for key, path in (("json", json), ("plot", plot)):
+    (``seed``); the output paths ``json``, ``plot`` and ``html`` are checked before any work."""
+    for key, path in (("json", json), ("plot", plot), ("html", html)):
         if path:
             check_output_folder(Path(path).parent, f"--{key}")
     if plot and Path(plot).suffix.lower() != ".png":
         raise TacreconError(f"--plot {plot}: the plot is a PNG; name it *.png")
+    if html and Path(html).suffix.lower() not in (".html", ".htm"):
+        raise TacreconError(f"--html {html}: the report is one HTML page; name it *.html")
     data = load_dataset(dataset, root=root, device=device)
     loaded = load_any(model, weights=weights, head=head, normalize=normalize, num_classes=data.num_classes,
                       dataset=dataset, device=device)
@@ -84,21 +87,44 @@ def probe(loaded: LoadedModel, data: Dataset, n: int = 8) -> None:
 
 
 def run_scan(model: str, dataset: str, *, config: dict[str, Any] | None = None, json: str | Path | None = None,
-             plot: str | Path | None = None, **options: Any) -> dict[str, Any]:
+             plot: str | Path | None = None, html: str | Path | None = None, command: str | None = None,
+             **options: Any) -> dict[str, Any]:
     """Scan MODEL with TAC (hyperparameters ``config``, flat names) on a clean set of ``dataset``.
 
     ``options`` are :func:`prepare`'s (``root``, ``device``, ``seed``, ``weights``, ``head``,
-    ``normalize``, ``clean_fraction``, ``clean_n``). Writes the record to ``json`` and the
-    per-class norms to ``plot`` (PNG) if given; returns the record.
+    ``normalize``, ``clean_fraction``, ``clean_n``). Writes the record to ``json``, the
+    per-class norms to ``plot`` (PNG) and the one-page report to ``html`` (with the stand-in
+    trigger of each flagged class, searched for the page; ``command`` is shown on it) if given;
+    returns the record.
     """
     start = time.perf_counter()
-    loaded, data, clean = prepare(model, dataset, json=json, plot=plot, **options)
+    loaded, data, clean = prepare(model, dataset, json=json, plot=plot, html=html, **options)
     tac = TAC.from_dict({**(config or {}), "repair": False}).fit(loaded.model, clean)
     record = {**tac.record(), "repaired": False, "model": model, "dataset": dataset, "classes": data.classes,
               "clean_samples": len(clean), "total_seconds": time.perf_counter() - start,
               "provenance": provenance(options.get("device", "cpu"))}
     write_outputs(record, json, plot)
+    if html:
+        deltas, stats = search_stand_ins(loaded.model, clean, tac.targets_, tac.scan_, tac.stand_in, tac.batch_size,
+                                         torch.Generator().manual_seed(options.get("seed", 0)))
+        write_html(html, record, clean, deltas, stats.get("stand_in_targets", []), command)
     return record
+
+
+def write_html(path: str | Path, record: dict[str, Any], clean: Split, deltas: torch.Tensor | None,
+               targets: list[int], command: str | None) -> None:
+    """The one-page report of a TAC run: its norms, and its stand-in triggers on clean images."""
+    from tacrecon.page import write_page
+    from tacrecon.plots import plot_scan, plot_stand_ins
+
+    figures = [("Per-class latent shift norms (flagged classes in red; the dashed line is the robust look's bound)",
+                plot_scan(record, None))]
+    if deltas is not None:
+        others = clean.x[clean.y != targets[0]][:3]
+        figures.append(("The stand-in trigger of each flagged class: an input perturbation whose latent change "
+                        "reproduces the class's shift, beside clean images with it added",
+                        plot_stand_ins(deltas, targets, None, record["classes"], others)))
+    write_page(path, record, figures, command)
 
 
 def write_outputs(record: dict[str, Any], json_path: str | Path | None, plot_path: str | Path | None) -> None:

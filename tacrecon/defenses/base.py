@@ -21,7 +21,7 @@ import copy
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,7 @@ from tacrecon.io import jsonable
 from tacrecon.registry import Registry
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
+D = TypeVar("D", bound="Defense")
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Defense(Config):
             raise TacreconError(f"{cls.__name__} has no budget {budget!r}; known: {known}")
         return cls.from_dict({**(cls.budgets.get(budget, {}) if budget else {}), **overrides})
 
-    def fit(self, model: nn.Module, clean: Split, generator: torch.Generator | None = None) -> Defense:
+    def fit(self: D, model: nn.Module, clean: Split, generator: torch.Generator | None = None) -> D:
         """Defend a copy of ``model`` with the defender's ``clean`` split; returns ``self``.
 
         Args:
