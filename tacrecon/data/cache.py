@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import platformdirs
 import torch
 
 from tacrecon.data.readers import Decoded, check_labels, read_npz
@@ -40,6 +39,8 @@ CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y", "classes", "mean", "std"
 
 def default_cache_dir() -> Path:
     """The user's cache folder for tacrecon, e.g. ``~/.cache/tacrecon`` on Linux."""
+    import platformdirs  # imported here: a run that sets TACRECON_CACHE and --data-root does not need it
+
     return Path(platformdirs.user_cache_dir("tacrecon"))
 
 
