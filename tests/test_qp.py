@@ -153,3 +153,13 @@ def test_constraint_offsets_in_chunks_equal_one_block(quantile):
     whole = constraint_offsets(z, w, b, quantile=quantile)
     for budget in (1, 30 * 7 * 2, 30 * 7 * 3):  # one class, two, three classes of margins at a time
         assert torch.equal(constraint_offsets(z, w, b, quantile=quantile, budget=budget), whole)
+
+
+def test_lower_quantile_is_torch_quantile_lower_by_selection():
+    from tacrecon.qp import lower_quantile
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 100, 2500):
+        x = torch.randn(n, 3, 5, generator=g, dtype=torch.float64)
+        for q in (1e-9, 0.1, 0.5, 0.9, 0.95, 0.99, 1.0):  # the kthvalue and the topk paths
+            assert torch.equal(lower_quantile(x, q), torch.quantile(x, q, dim=0, interpolation="lower")), (n, q)
