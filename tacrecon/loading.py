@@ -5,8 +5,9 @@ MODEL can be:
 * a tacrecon checkpoint folder (``model.json``) or attack artifact folder (``attack.json``);
 * ``path/to/file.py:Name`` with ``weights`` (.safetensors, or a state_dict .pt read with
   ``weights_only=True``): ``Name`` is a class or factory called with no arguments;
-* a BackdoorBench ``attack_result.pt`` record (model name + state_dict), read with
-  ``weights_only=True`` and wrapped with BackdoorBench's per-dataset normalization.
+* a BackdoorBench ``attack_result.pt`` record, as BackdoorBench 2.x (and 1.x) writes it, of a
+  ``preactresnet18`` or ``vgg19_bn`` model: read with ``weights_only=True`` and wrapped with
+  BackdoorBench's per-dataset normalization (see :func:`load_backdoorbench`).
 
 Nothing here unpickles arbitrary objects.
 """
@@ -33,7 +34,8 @@ BACKDOORBENCH_STATS = {
     "tiny": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
     "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
 }
-BACKDOORBENCH_MODELS = {"preactresnet18": "preact_resnet18", "vgg11_bn": "vgg11_bn"}
+# BackdoorBench's model names (generate_cls_model) -> ours, whose state_dict names are its own.
+BACKDOORBENCH_MODELS = {"preactresnet18": "preact_resnet18", "vgg19_bn": "vgg19_bn"}
 
 
 @dataclass
@@ -104,44 +106,109 @@ def load_module(spec: str, weights: str | Path | None, num_classes: int | None, 
 
 
 def numpy_globals() -> list[Any]:
-    """What rebuilding plain numpy arrays needs (no code runs: array data and dtypes only)."""
+    """What rebuilding plain numpy arrays and scalars needs (no code runs: array data and dtypes only)."""
     try:
         import numpy as np
     except ImportError:
         return []
     try:
-        from numpy._core.multiarray import _reconstruct  # numpy 2's pickle entry point
+        from numpy._core.multiarray import _reconstruct, scalar  # numpy 2's pickle entry points
     except ImportError:
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
     dtypes = [type(np.dtype(t)) for t in ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")]
-    numpy1 = [(_reconstruct, "numpy.core.multiarray._reconstruct")]  # records written under numpy 1
-    return [_reconstruct, *numpy1, np.ndarray, np.dtype, *dtypes]
+    numpy1 = [(_reconstruct, "numpy.core.multiarray._reconstruct"),  # records written under numpy 1
+              (scalar, "numpy.core.multiarray.scalar")]
+    numpy2 = [(_reconstruct, "numpy._core.multiarray._reconstruct"), (scalar, "numpy._core.multiarray.scalar")]
+    return [_reconstruct, scalar, *numpy1, *numpy2, np.ndarray, np.dtype, *dtypes]
+
+
+class DroppedImage:
+    """What a pickled PIL image in a record becomes: nothing of it is kept and no PIL code runs.
+
+    BackdoorBench 1.x records hold their poisoned samples as PIL images (``bd_train``/``bd_test``
+    ``x``); a scan needs only the model, so each image is read past, not rebuilt.
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+PIL_IMAGE_CLASSES = ("PIL.Image.Image", "PIL.PngImagePlugin.PngImageFile", "PIL.JpegImagePlugin.JpegImageFile")
+
+
+def read_record(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with numpy arrays and scalars allowed and PIL images dropped."""
+    allowed = [*numpy_globals(), *((DroppedImage, name) for name in PIL_IMAGE_CLASSES)]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - refuse anything weights_only cannot read, naming it
+        lines = str(e).splitlines() or [type(e).__name__]
+        unsafe: list[str] = []
+        finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+        if finder is not None:
+            try:
+                names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in allowed}
+                unsafe = [g for g in finder(path) if g not in names]
+            except Exception:  # noqa: BLE001 - the list only improves the message
+                unsafe = []
+        if unsafe:
+            raise TacreconError(f"{path}: holds pickled Python objects ({', '.join(unsafe[:3])}"
+                                f"{' ...' if len(unsafe) > 3 else ''}), which are never unpickled (only tensors, numpy "
+                                "arrays and plain values are read); save its 'model' state_dict alone and pass "
+                                "file.py:Name --weights W") from None
+        reason = next((line.strip() for line in lines if "Unsupported" in line or "Can only" in line), lines[0])
+        raise TacreconError(f"{path}: cannot read safely ({type(e).__name__}: {reason[:160]})") from None
+
+
+def record_version(record: dict) -> str:
+    """Which BackdoorBench wrote a record, from how its ``bd_test`` holds the poisoned test set.
+
+    2.x stores ``prepro_cls_DatasetBD_v2.retrieve_state()`` (``bd_data_container``,
+    ``original_index_array``, ``poison_indicator``, ...; the images are PNG files beside the
+    record); 1.x stores the samples themselves (``x``, ``y``, ``original_index``, ...).
+    """
+    bd_test = record.get("bd_test")
+    if isinstance(bd_test, dict) and "bd_data_container" in bd_test:
+        return "2.x"
+    if isinstance(bd_test, dict) and "x" in bd_test:
+        return "1.x"
+    return "unknown"
 
 
 def load_backdoorbench(path: Path, dataset: str | None) -> LoadedModel:
-    """A BackdoorBench ``attack_result.pt``: its model, normalizing with BackdoorBench's statistics."""
-    try:
-        with torch.serialization.safe_globals(numpy_globals()):  # bd_train / bd_test hold numpy arrays
-            record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - refuse anything weights_only cannot read
-        raise TacreconError(f"{path}: cannot read safely ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    """A BackdoorBench ``attack_result.pt``: its model, normalizing with BackdoorBench's statistics.
+
+    The record is a dict (``save_attack_result``): ``model_name``, ``num_classes``, ``model`` (the
+    state_dict, ``module.``-prefixed after DataParallel), ``data_path``, ``img_size``,
+    ``clean_data`` (the data set's name), ``bd_train`` and ``bd_test`` (see
+    :func:`record_version`). Only the model and the data set's name are used.
+    """
+    record = read_record(path)
     if not isinstance(record, dict) or "model_name" not in record or "model" not in record:
         raise TacreconError(f"{path}: not a BackdoorBench attack record (needs model_name and model)")
-    name = BACKDOORBENCH_MODELS.get(str(record["model_name"]))
-    if name is None:
-        raise TacreconError(f"{path}: BackdoorBench model {record['model_name']!r} is not supported; "
-                            f"supported: {', '.join(BACKDOORBENCH_MODELS)}")
+    if not isinstance(record["model"], dict) or not all(isinstance(v, torch.Tensor) for v in record["model"].values()):
+        raise TacreconError(f"{path}: the record's model is not a state_dict (a mapping of names to tensors)")
+    arch = str(record["model_name"])
     data_name = dataset or str(record.get("clean_data", ""))
-    if data_name not in BACKDOORBENCH_STATS:
+    stats = BACKDOORBENCH_STATS.get(data_name)
+    name = BACKDOORBENCH_MODELS.get(arch)
+    if name is None:
+        hint = f" --normalize {','.join(str(v) for v in (*stats[0], *stats[1]))}" if stats else ""
+        raise TacreconError(f"{path}: BackdoorBench model {arch!r} has no tacrecon architecture (records load for "
+                            f"{' and '.join(BACKDOORBENCH_MODELS)}); build it as BackdoorBench does in a file.py and "
+                            f"pass file.py:Name --weights W{hint}, W being this record's 'model' state_dict saved alone")
+    if stats is None:
         raise TacreconError(f"{path}: no BackdoorBench normalization known for data set {data_name!r} (known: "
                             f"{', '.join(BACKDOORBENCH_STATS)})")
-    mean, std = BACKDOORBENCH_STATS[data_name]
+    mean, std = stats
     kwargs: dict[str, Any] = {"num_classes": int(record.get("num_classes", 10)), "in_chans": 3, "mean": list(mean),
                               "std": list(std)}
     model = create_model(name, **kwargs)
     state = {k.removeprefix("module."): v for k, v in record["model"].items()}
     load_state(model, state, str(path))
-    return LoadedModel(model.eval(), "backdoorbench", name, {"clean_data": data_name}, model_kwargs=kwargs)
+    meta = {"clean_data": data_name, "backdoorbench_model": arch, "record_version": record_version(record)}
+    return LoadedModel(model.eval(), "backdoorbench", name, meta, model_kwargs=kwargs)
 
 
 def load_any(spec: str, *, weights: str | Path | None = None, head: str | None = None,

@@ -124,7 +124,7 @@ def test_backdoorbench_record(tmp_path):
     for k, v in model.state_dict().items():  # the "module." prefix of DataParallel is dropped
         assert torch.equal(loaded.model.state_dict()[k], v)
     torch.save({"model_name": "resnet50", "model": {}}, tmp_path / "other.pt")
-    with pytest.raises(TacreconError, match="not supported"):
+    with pytest.raises(TacreconError, match="BackdoorBench model 'resnet50' has no tacrecon architecture"):
         load_any(str(tmp_path / "other.pt"))
 
 

@@ -1,4 +1,4 @@
-"""Architectures: PreAct-ResNet18 (BackdoorBench), a fast CPU ResNet, VGG11-BN and a test CNN.
+"""Architectures: PreAct-ResNet18 and VGG19-BN (BackdoorBench), a fast CPU ResNet, VGG11-BN, a test CNN.
 
 All are :class:`~tacrecon.models.base.Classifier` subclasses; their factories are registered in
 ``MODELS`` and take ``num_classes``, ``in_chans``, ``mean`` and ``std``.
@@ -7,7 +7,7 @@ All are :class:`~tacrecon.models.base.Classifier` subclasses; their factories ar
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -167,6 +167,79 @@ class VGG(Classifier):
         return self.classifier
 
 
+VGG19_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+                                     512, 512, 512, 512, "M")  # configuration "E" of the VGG paper
+
+
+class HalvingPool(nn.MaxPool2d):
+    """2x2 max-pool, stride 2, that passes a map already 1 pixel high or wide through unchanged.
+
+    On any input torchvision's ``MaxPool2d(2, 2)`` accepts it is that layer; it lets a deep VGG
+    also take images under 32x32 (whose maps reach 1x1 before the last pool) instead of failing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if min(x.shape[-2:]) < 2 else super().forward(x)
+
+
+class TorchvisionVGG(Classifier):
+    """VGG with batch norm laid out as torchvision's ``VGG``: what BackdoorBench trains as ``vgg19_bn``.
+
+    BackdoorBench builds ``torchvision.models.vgg19_bn(num_classes=C)`` unchanged at every image
+    size: ``features`` (3x3 conv with bias, BN, ReLU per width; 2x2 max-pools), ``avgpool`` to
+    7x7 (a 32x32 image's 1x1 map is copied 49 times), then ``classifier`` = Linear(512*49, 4096),
+    ReLU, Dropout, Linear(4096, 4096), ReLU, Dropout, Linear(4096, C). Parameter and buffer names
+    are torchvision's, so such a state_dict loads strictly. The latent is the 4096-d input of
+    ``classifier.6``. Initialisation follows torchvision too.
+    """
+
+    def __init__(self, cfg: Sequence[int | str], num_classes: int = 10, in_chans: int = 3, mean=None, std=None,
+                 hidden: int = 4096) -> None:
+        super().__init__()
+        self.normalize = Normalize(*default_stats(in_chans, mean, std))
+        layers: list[nn.Module] = []
+        c = in_chans
+        for v in cfg:
+            if v == "M":
+                layers.append(HalvingPool())
+            else:
+                layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
+                c = int(v)
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Linear(c * 7 * 7, hidden), nn.ReLU(True), nn.Dropout(0.5),
+            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(0.5),
+            nn.Linear(hidden, num_classes),
+        )
+        self.num_classes, self.latent_dim = num_classes, hidden
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(cast(Tensor, m.bias))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features(self.normalize(x))
+
+    def forward_head(self, f: Tensor, pre_logits: bool = False) -> Tensor:
+        z = self.avgpool(f).flatten(1)
+        for layer in list(self.classifier)[:6]:
+            z = layer(z)
+        return z if pre_logits else self.get_classifier()(z)
+
+    def get_classifier(self) -> nn.Linear:
+        return cast(nn.Linear, self.classifier[6])
+
+
 class TestCNN(Classifier):
     """A two-conv network for tests: milliseconds per batch on a CPU."""
 
@@ -205,6 +278,12 @@ def resnet_small(**kwargs) -> ResNetSmall:
 def vgg11_bn(**kwargs) -> VGG:
     """VGG11 with batch norm (Simonyan & Zisserman 2015), CIFAR-style single linear head."""
     return VGG([64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"], **kwargs)
+
+
+@MODELS.register("vgg19_bn")
+def vgg19_bn(**kwargs) -> TorchvisionVGG:
+    """VGG19 with batch norm as torchvision (and so BackdoorBench) builds it: 139.6M params at 10 classes."""
+    return TorchvisionVGG(VGG19_CFG, **kwargs)
 
 
 @MODELS.register("test_cnn")
