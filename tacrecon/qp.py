@@ -64,16 +64,18 @@ class QPResult:
     feasible: Tensor
 
 
-def sample_distances(latents: Tensor, weight: Tensor, bias: Tensor | None = None, chunk: int = 4096) -> Tensor:
+def sample_distances(latents: Tensor, weight: Tensor, bias: Tensor | None = None, budget: int = 1 << 24) -> Tensor:
     """Lower bound of each sample's own distance to each class region: (n, d) -> (n, C).
 
     d_ik = max_j (logit_ij - logit_ik)_+ / ||w_k - w_j||, the distance from z_i to the farthest
     single half-space of class k's region (0 where sample i already lies in it). The universal
-    shift s_k must reach every sample, so ||s_k|| >= max_i d_ik.
+    shift s_k must reach every sample, so ||s_k|| >= max_i d_ik. The (b, C, C) margins are built
+    ``budget`` elements at a time (a fixed sample count would need 20 GB at 1,000 classes).
     """
     w = weight.double()
     diff = torch.cdist(w, w).clamp_min(1e-12)  # (C, C) ||w_k - w_j||
     out = []
+    chunk = max(1, budget // (w.shape[0] ** 2))
     for start in range(0, latents.shape[0], chunk):
         logits = latents[start:start + chunk].double() @ w.T
         if bias is not None:

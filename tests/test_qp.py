@@ -163,3 +163,13 @@ def test_lower_quantile_is_torch_quantile_lower_by_selection():
         x = torch.randn(n, 3, 5, generator=g, dtype=torch.float64)
         for q in (1e-9, 0.1, 0.5, 0.9, 0.95, 0.99, 1.0):  # the kthvalue and the topk paths
             assert torch.equal(lower_quantile(x, q), torch.quantile(x, q, dim=0, interpolation="lower")), (n, q)
+
+
+def test_sample_distances_bounds_its_memory_and_not_its_answer():
+    from tacrecon.qp import sample_distances
+
+    g = torch.Generator().manual_seed(0)
+    z, w, b = torch.randn(50, 8, generator=g), torch.randn(6, 8, generator=g), torch.randn(6, generator=g)
+    whole = sample_distances(z, w, b)
+    assert torch.equal(sample_distances(z, w, b, budget=36), whole)  # one sample's (C, C) block at a time
+    assert torch.equal(sample_distances(z, w, b, budget=1), whole)
