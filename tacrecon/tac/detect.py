@@ -125,7 +125,8 @@ class ScanResult:
     Attributes:
         plain: the plain look (the QP over every clean sample; its test reads ``ratios`` instead
             of the norms under ``score`` ratio).
-        ratios: (C,) the universality ratios.
+        ratios: (C,) the universality ratios, computed only where the test reads them (``score``
+            ratio; None otherwise: they cost n C^2 like the offsets, 28 s at 1,000 classes).
         latents: (N, d) the clean latents.
         shifts: (C, d) the TAC s_k of every class: the robust one for a class found only by the
             robust look.
@@ -135,7 +136,7 @@ class ScanResult:
     """
 
     plain: Look
-    ratios: Tensor
+    ratios: Tensor | None
     latents: Tensor
     shifts: Tensor
     robust_look: Look | None = None
@@ -181,7 +182,7 @@ class ScanResult:
         """The JSON record of the scan (the ``scores`` of a TAC run's record)."""
         qp = self.plain.qp
         out = {"backdoored": bool(self.flagged), "target": self.target, "targets": self.flagged,
-               **self.plain.record(), "ratios": self.ratios.tolist(), "p_value": self.plain.detection.p_value,
+               **self.plain.record(), "ratios": None if self.ratios is None else self.ratios.tolist(), "p_value": self.plain.detection.p_value,
                "kkt_residual": float(qp.kkt_residual.nan_to_num(0).max()), "qp_iterations": int(qp.iterations.sum()),
                "high_side": self.high_side, "robust": self.robust, "scan_seconds": self.seconds}
         if self.robust_look is not None:
@@ -204,8 +205,8 @@ def scan(model: Classifier, clean: Split, detection: DetectionConfig | None = No
     start = time.perf_counter()
     z = latents_of(model, clean.x)
     qp = reconstruct(model, z, detection.bias, detection.qp_quantile)
-    ratios = universality_ratios(model, z, clean.y, qp, detection.bias)
-    scores = qp.norms if detection.score == "norm" else ratios
+    ratios = None if detection.score == "norm" else universality_ratios(model, z, clean.y, qp, detection.bias)
+    scores = qp.norms if ratios is None else ratios
     weight = class_prior(scores, clean.y, model.num_classes, prior)
     result = ScanResult(Look(qp, weight, detect(corrected(scores, weight), detection)), ratios, z, qp.shifts)
     if robust.quantile > 0:
