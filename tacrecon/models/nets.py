@@ -137,6 +137,19 @@ class ResNetSmall(Classifier):
         return self.fc
 
 
+def vgg_features(cfg: Sequence[int | str], in_chans: int, pool: Callable[[], nn.Module]) -> tuple[nn.Sequential, int]:
+    """VGG's conv-BN-ReLU stack from ``cfg`` (widths, "M" for a ``pool()``), and its output channels."""
+    layers: list[nn.Module] = []
+    c = in_chans
+    for v in cfg:
+        if v == "M":
+            layers.append(pool())
+        else:
+            layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
+            c = int(v)
+    return nn.Sequential(*layers), c
+
+
 class VGG(Classifier):
     """CIFAR-style VGG with batch norm and a single linear head on the pooled 512-d vector."""
 
@@ -144,15 +157,7 @@ class VGG(Classifier):
                  mean=None, std=None) -> None:
         super().__init__()
         self.normalize = Normalize(*default_stats(in_chans, mean, std))
-        layers: list[nn.Module] = []
-        c = in_chans
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2))
-            else:
-                layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
-                c = int(v)
-        self.features = nn.Sequential(*layers)
+        self.features, c = vgg_features(cfg, in_chans, lambda: nn.MaxPool2d(2))
         self.num_classes, self.latent_dim = num_classes, c
         self.classifier = nn.Linear(c, num_classes)
 
@@ -200,15 +205,7 @@ class TorchvisionVGG(Classifier):
                  hidden: int = 4096) -> None:
         super().__init__()
         self.normalize = Normalize(*default_stats(in_chans, mean, std))
-        layers: list[nn.Module] = []
-        c = in_chans
-        for v in cfg:
-            if v == "M":
-                layers.append(HalvingPool())
-            else:
-                layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
-                c = int(v)
-        self.features = nn.Sequential(*layers)
+        self.features, c = vgg_features(cfg, in_chans, HalvingPool)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
             nn.Linear(c * 7 * 7, hidden), nn.ReLU(True), nn.Dropout(0.5),

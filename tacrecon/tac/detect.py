@@ -182,7 +182,8 @@ class ScanResult:
         """The JSON record of the scan (the ``scores`` of a TAC run's record)."""
         qp = self.plain.qp
         out = {"backdoored": bool(self.flagged), "target": self.target, "targets": self.flagged,
-               **self.plain.record(), "ratios": None if self.ratios is None else self.ratios.tolist(), "p_value": self.plain.detection.p_value,
+               **self.plain.record(), "ratios": None if self.ratios is None else self.ratios.tolist(),
+               "p_value": self.plain.detection.p_value,
                "kkt_residual": float(qp.kkt_residual.nan_to_num(0).max()), "qp_iterations": int(qp.iterations.sum()),
                "high_side": self.high_side, "robust": self.robust, "scan_seconds": self.seconds}
         if self.robust_look is not None:
