@@ -64,9 +64,10 @@ def test_paper_and_budgets(name):
 
 
 # Defenses whose action is gated by a criterion: on the planted model at their smoke budget the
-# criterion finds nothing to act on (ANP's pruning level, chosen on held-out clean data, is 0 after
+# criterion may find nothing to act on (ANP's pruning level, chosen on held-out clean data, is 0 after
 # 4 mask steps; CLP's u = 3 flags no channel of this small network; NC's 2 x 2 search steps
-# reverse-engineer no trigger), so they must leave the model as it is and say so in their record.
+# reverse-engineer no trigger; which depends on the planted model's training threads), and then
+# they must say so in their record.
 GATED = {"anp": lambda d: d.stats_["pruned"] == 0, "clp": lambda d: d.stats_["pruned"] == 0,
          "nc": lambda d: d.target_ is None}
 
@@ -80,10 +81,8 @@ def weights_changed(before: torch.nn.Module, after: torch.nn.Module) -> bool:
 def test_every_defense_acts_on_a_backdoored_model(name, planted):
     art, clean = planted["badnets"]
     defense = create_defense(name, "smoke").fit(art.model, clean, torch.Generator().manual_seed(0))
-    if name in GATED:
-        assert GATED[name](defense) and not weights_changed(art.model, defense.model_), name
-    else:
-        assert weights_changed(art.model, defense.model_), f"{name} left the backdoored model as it was"
+    if not weights_changed(art.model, defense.model_):  # allowed only where the criterion found nothing, and said so
+        assert name in GATED and GATED[name](defense), f"{name} left the backdoored model as it was"
 
 
 def test_the_contract_catches_a_defense_that_does_nothing(planted):
