@@ -173,3 +173,26 @@ def test_sample_distances_bounds_its_memory_and_not_its_answer():
     whole = sample_distances(z, w, b)
     assert torch.allclose(sample_distances(z, w, b, budget=36), whole, rtol=1e-12, atol=0)  # one sample at a time
     assert torch.allclose(sample_distances(z, w, b, budget=1), whole, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("quantile", [None, 0.5, 0.9, 1.0])
+def test_constraint_offsets_are_the_brute_force_ones(quantile):
+    from tacrecon.qp import quantile_offsets_torch
+
+    z, w, b = problem(n=37, d=8, c=9, seed=9)
+    logits = z @ w.T + b
+    margins = logits[:, None, :] - logits[:, :, None]  # (n, k, j)
+    brute = margins.amax(0) if quantile is None else torch.quantile(margins, quantile, dim=0, interpolation="lower")
+    assert torch.equal(constraint_offsets(z, w, b, quantile=quantile), brute.fill_diagonal_(0))
+    if quantile is not None:  # the torch path (a GPU's) selects the same values
+        assert torch.equal(quantile_offsets_torch(logits, quantile, budget=100).fill_diagonal_(0), brute)
+
+
+def test_many_active_constraints_grow_the_column_cache():
+    z, w, b = problem(n=50, d=30, c=60, seed=10)
+    result = solve_latent_qp(z, w, b)
+    assert int(result.active.sum(1).max()) > 8  # more passive columns than the cache starts with
+    assert bool(result.feasible.all()) and float(result.kkt_residual.max()) < 1e-9
+    for k in (0, 17):
+        one = solve_latent_qp(z, w, b, classes=[k])
+        assert torch.equal(one.shifts[0], result.shifts[k])
