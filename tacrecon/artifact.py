@@ -125,7 +125,7 @@ def run_attack(name: str, dataset: str, arch: str, out: str | Path, *, root: str
     model = build_model(arch, kwargs, seed).to(device)
     index = attack.train(model, data.train, cfg, generator)
     seconds = time.perf_counter() - start
-    record = {"attack": attack.name, "attack_revision": attack.revision, "attack_config": attack.to_dict(),
+    record = {"attack": attack.name, "attack_revision": attack.revision, "attack_config": as_stored(attack.to_dict()),
               "dataset": dataset, "arch": arch,
               "seed": seed, **evaluate(model, attack, data), "poisoned": int(index.numel()),
               "train_samples": len(data.train), "seconds": seconds, "train_config": cfg.to_dict(),

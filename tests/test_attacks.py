@@ -14,7 +14,7 @@ NAMES = ATTACKS.names()
 # Dirty-label triggers that need no training to exist. SIG (clean-label) is left out: on 16x16
 # digits its stripes do not implant in a short training (measured ASR 0.03-0.09 after 6-15
 # epochs); its ASR is measured on CIFAR-10 in benchmarks/attacks_cpu.py.
-STATIC = ["badnets", "blended"]
+STATIC = ["badnets", "blended", "adap_blend", "tact"]
 FAST = {"epochs": 1, "batch_size": 128, "progress": False}
 
 

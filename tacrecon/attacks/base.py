@@ -2,9 +2,12 @@
 
 An attack is a dataclass of hyperparameters. ``setup`` builds its trigger state from the data
 (a pattern, a warping field, a trained generator); ``apply`` is then a pure batched function
-that ASR evaluation calls; ``poison`` relabels a fraction of the training split; ``train`` runs
-the one training loop on the poisoned split, and only attacks that co-train a generator override
-it. Learned state goes through ``state_dict`` / ``load_state_dict`` so an artifact keeps it.
+that ASR evaluation calls; ``poison`` relabels a fraction of the training split and stamps it
+with that trigger; ``train`` runs the one training loop on ``training_set`` (by default the
+poisoned split), and only attacks that co-train a generator override it. Attacks whose training
+images are not ``poison``'s (cover samples that carry a trigger and keep their label, a training
+trigger other than the test one) override ``training_set`` instead. Learned state goes through
+``state_dict`` / ``load_state_dict`` so an artifact keeps it.
 """
 
 from __future__ import annotations
@@ -111,9 +114,18 @@ class Attack(Config):
             y[idx] = self.label_map()(y[idx])
         return Split(x, y), idx
 
+    def training_set(self, train: Split, generator: torch.Generator) -> tuple[Split, Tensor]:
+        """The split the model is trained on and the indices (K,) of its relabelled samples.
+
+        The default is :meth:`poison`; an attack with cover samples or with a training trigger
+        other than ``apply`` builds its own here, and ``poison`` stays the relabelled samples
+        stamped with the test trigger.
+        """
+        return self.poison(train, generator)
+
     def train(self, model: nn.Module, train: Split, cfg: TrainConfig, generator: torch.Generator) -> Tensor:
-        """Train ``model`` in place on the poisoned split; returns the poisoned indices."""
-        poisoned, idx = self.poison(train, generator)
+        """Train ``model`` in place on :meth:`training_set`; returns the poisoned indices."""
+        poisoned, idx = self.training_set(train, generator)
         fit(model, poisoned, cfg, generator=generator, desc=f"train {self.name}")
         return idx
 
