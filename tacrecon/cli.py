@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from tacrecon.errors import TacreconError
-from tacrecon.page import verdict
+from tacrecon.page import check_summary, verdict
 
 log = logging.getLogger("tacrecon")
 
@@ -221,6 +221,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
     forced = r["defense_config"]["force_target"]
     print(("repaired" + (f" (class {forced}, forced)" if forced >= 0 else "") + ": " if r["repaired"]
            else "left unchanged: ") + line + f" -> {args.out}")
+    summary = check_summary(r["stats"])
+    if summary:
+        print(summary)
     return 0
 
 

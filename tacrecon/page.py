@@ -54,6 +54,18 @@ def plain_words(record: dict[str, Any]) -> str:
             "shortcut that a trigger leaves. Images carrying the trigger are likely sent to this class.")
 
 
+def check_summary(stats: dict[str, Any]) -> str | None:
+    """The repair's check of its own work in one line (None where it did not run)."""
+    if not stats.get("residual"):
+        return None
+    last = stats["residual"][-1]
+    scores = ", ".join(f"class {t} {r['score']:+.2f} ({r['success']:.0%} of clean images sent there by its best "
+                       f"patch)" for t, r in last.items())
+    accs = stats.get("held_out_acc", [])
+    held = (f"; held-out ACC {accs[0]:.2%} -> {accs[-1]:.2%} on {stats['held_out']} images" if len(accs) > 1 else "")
+    return f"self-check after {stats['rounds']} round(s): residual score {scores}{held}"
+
+
 def figure(png: bytes, caption: str) -> str:
     return (f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -81,8 +93,11 @@ def write_page(path: str | Path, record: dict[str, Any], figures: Sequence[tuple
         if record["before"].get("asr") is None:
             parts.append("<p>The trigger is unknown here (the model is not an attack artifact), so the attack "
                          "success rate cannot be measured; only the clean accuracy is.</p>")
-        parts.append("<p>Residual estimate: not available yet; judge the repair by the attack success rate "
-                     "where the trigger is known.</p>")
+        summary = check_summary(record.get("stats", {}))
+        parts.append(f"<p>{html.escape(summary)}. A score well above 0 means the target is still far easier to "
+                     "reach with a small patch than the other classes.</p>" if summary else
+                     "<p>Residual estimate: not run (<code>--set check_rounds=2</code> runs it); judge the repair by "
+                     "the attack success rate where the trigger is known.</p>")
     parts += ["<h2>Figures</h2>", *(figure(png, caption) for caption, png in figures)]
     parts.append("<h2>How this page was made</h2><ul>"
                  + (f"<li>command: <code>{html.escape(command)}</code></li>" if command else "")

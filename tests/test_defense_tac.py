@@ -146,3 +146,54 @@ def test_robust_look_flags_a_class_the_plain_test_misses_and_prunes_its_unit(sho
     assert bool((model[1].weight[0, 0] == 20).all())  # the input model is not modified
     with pytest.raises(TacreconError, match="robust_quantile"):
         make_tac(robust_quantile=1.0).validate()
+
+
+def scripted_residuals(monkeypatch, scores):
+    """Make the residual estimate return ``scores`` in turn; returns the list of betas each repair
+    round fine-tuned with."""
+    import tacrecon.defenses.tac as tac_module
+    from tacrecon.tac.residual import Residual
+
+    queue, betas = list(scores), []
+    monkeypatch.setattr(tac_module, "estimate_residual", lambda model, clean, t, cfg, g: Residual(t, queue.pop(0)))
+    unlearn = TAC.unlearn
+
+    def spy(self, model, clean, targets, shifts, beta, generator, hook):
+        betas.append(beta)
+        return unlearn(self, model, clean, targets, shifts, beta, generator, hook)
+
+    monkeypatch.setattr(TAC, "unlearn", spy)
+    return betas
+
+
+def test_self_check_runs_another_round_while_the_backdoor_looks_present(planted, monkeypatch):
+    art, clean = planted["badnets"]
+    betas = scripted_residuals(monkeypatch, [0.8, 0.0])  # the first round fails, the second succeeds
+    tac = make_tac(epochs=1, stand_in_steps=5, check_rounds=3).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert tac.stats_["rounds"] == 2 and betas == [0.0, 1.0]  # the second round switches to the TAC loss
+    assert [r[0]["score"] for r in tac.stats_["residual"]] == [0.8, 0.0]
+    assert tac.stats_["held_out"] == round(0.1 * len(clean)) and len(tac.stats_["held_out_acc"]) == 3
+
+
+def test_self_check_stops_at_the_accuracy_budget(planted, monkeypatch):
+    import tacrecon.defenses.tac as tac_module
+
+    art, clean = planted["badnets"]
+    betas = scripted_residuals(monkeypatch, [0.8, 0.8, 0.8])
+    accs = iter([0.95, 0.90])  # before the repair, after its first round: 5 points lost
+    monkeypatch.setattr(tac_module, "accuracy", lambda model, data: next(accs))
+    tac = make_tac(epochs=1, stand_in_steps=5, check_rounds=3).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert tac.stats_["rounds"] == 1 and betas == [0.0] and tac.stats_["held_out_acc"] == [0.95, 0.90]
+
+
+def test_without_the_check_nothing_is_held_out_or_estimated(planted, monkeypatch):
+    art, clean = planted["badnets"]
+    scripted_residuals(monkeypatch, [])  # an estimate would fail: the queue is empty
+    tac = make_tac(epochs=1, stand_in_steps=5).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert tac.stats_["rounds"] == 1 and tac.stats_["held_out"] == 0 and tac.stats_["residual"] == []
+
+
+def test_clean_model_repaired_by_mistake_keeps_its_accuracy(planted, digits):
+    art, clean = planted["none"]
+    tac = make_tac(force_target=0).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert tac.repaired_ and accuracy(tac.model_, digits.test) >= accuracy(art.model, digits.test) - 0.01

@@ -32,7 +32,8 @@ def pages(planted, tmp_path_factory):
     assert main(["scan", model, "--dataset", "digits", "--clean-fraction", "0.2", "--seed", "100",
                  "--html", str(out / "scan.html")]) == 0
     assert main(["repair", model, "--dataset", "digits", "--clean-fraction", "0.2", "--seed", "100", "--out",
-                 str(out / "r"), "--set", "epochs=1", "stand_in_steps=5", "--html", str(out / "repair.html")]) == 0
+                 str(out / "r"), "--set", "epochs=1", "stand_in_steps=5", "check_rounds=1", "check_steps=5",
+                 "--html", str(out / "repair.html")]) == 0
     return out
 
 
@@ -41,7 +42,8 @@ def test_the_page_holds_the_verdict_figures_and_command(pages):
     assert "Backdoor found: class 0" in scan and scan.count("data:image/png;base64,") == 2  # norms + stand-in
     assert "tacrecon scan" in scan and "--html" in scan and "torch" in scan
     repair = (pages / "repair.html").read_text()
-    assert "clean accuracy (ACC)" in repair and "attack success rate (ASR)" in repair and "Residual estimate" in repair
+    assert "clean accuracy (ACC)" in repair and "attack success rate (ASR)" in repair
+    assert "self-check after 1 round(s): residual score class 0" in repair and "held-out ACC" in repair
 
 
 def test_a_page_that_is_not_html_is_refused(planted, tmp_path, capsys):
@@ -71,3 +73,14 @@ def test_headless_chromium_renders_every_image(pages, tmp_path):
     with Image.open(shot) as im:
         colours = len(im.convert("RGB").getcolors(maxcolors=1 << 24) or [])
     assert colours > 50  # the bar chart and the images, not a blank page of text and broken-image icons
+
+
+def test_check_summary_names_the_score_and_the_held_out_accuracy():
+    from tacrecon.page import check_summary
+
+    assert check_summary({"residual": []}) is None and check_summary({}) is None
+    stats = {"rounds": 2, "held_out": 29, "held_out_acc": [1.0, 0.99, 0.98],
+             "residual": [{0: {"score": 0.6, "success": 1.0}}, {0: {"score": -0.1, "success": 0.2}}]}
+    line = check_summary(stats)
+    assert "after 2 round(s)" in line and "class 0 -0.10 (20% of clean images" in line
+    assert "held-out ACC 100.00% -> 98.00% on 29 images" in line

@@ -48,6 +48,15 @@ class Split:
         index = index.to(self.x.device)
         return Split(self.x[index], self.y[index])
 
+    def split_off(self, fraction: float, seed: int) -> tuple["Split", "Split"]:
+        """(the rest, a random ``fraction`` of the samples drawn with ``seed``); at 0 the rest is
+        this split itself and the part is empty."""
+        count = round(fraction * len(self))
+        if count == 0:
+            return self, self.subset(torch.zeros(0, dtype=torch.long))
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self.subset(perm[count:].sort().values), self.subset(perm[:count].sort().values)
+
     def sample(self, n: int, generator: torch.Generator) -> tuple["Split", Tensor]:
         """``n`` samples drawn without replacement; returns the subset and its indices (N,)."""
         if not 0 < n <= len(self):

@@ -20,6 +20,7 @@ from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES, columns_held_at_zero
 from tacrecon.defenses.finetune import FinetuneDefense
 from tacrecon.errors import TacreconError
+from tacrecon.metrics import accuracy
 from tacrecon.models import Classifier, as_classifier
 from tacrecon.tac.config import (
     FLAT,
@@ -29,10 +30,12 @@ from tacrecon.tac.config import (
     PriorConfig,
     PruneConfig,
     RobustLookConfig,
+    SelfCheckConfig,
     StandInConfig,
 )
 from tacrecon.tac.detect import ScanResult, latents_of, reconstruct, scan
 from tacrecon.tac.repair import plan_pruning, refresh_shifts, search_stand_ins, unlearn_loss
+from tacrecon.tac.residual import Residual, estimate_residual
 from tacrecon.tac.stand_in import BatchHook, stamp_stand_ins
 
 # fine-tune settings that records of revisions <= 6 did not store: the values those revisions used
@@ -48,6 +51,7 @@ class TAC(FinetuneDefense):
         detection, robust, prior: the scan (:mod:`tacrecon.tac.config`): the plain look and its
             test, the robust look, the class-count correction.
         pruning, stand_in: the repair's pruning and stand-in triggers.
+        check: the repair's check of its own work (held-out accuracy, residual estimate, rounds).
         force_target: repair this class (only) even if the model looks clean (-1: off);
             otherwise every flagged class is repaired, each with its own s_t.
         repair: repair after the scan (False: scan only).
@@ -82,6 +86,7 @@ class TAC(FinetuneDefense):
     prior: PriorConfig = field(default_factory=PriorConfig)
     pruning: PruneConfig = field(default_factory=PruneConfig)
     stand_in: StandInConfig = field(default_factory=StandInConfig)
+    check: SelfCheckConfig = field(default_factory=SelfCheckConfig)
     force_target: int = -1
     repair: bool = True
     method: str = "prune"
@@ -155,6 +160,7 @@ class TAC(FinetuneDefense):
                                 f"(0..{classifier.num_classes - 1})")
         self.stand_ins_: Tensor | None = None
         self.pruned_: list[int] = []
+        self.residuals_: list[dict[int, Residual]] = []
         self.repaired_ = False
         self.scan_ = self.scan(classifier, clean)
         self.stats_.update(scan_seconds=self.scan_.seconds, qp_iterations=int(self.scan_.plain.qp.iterations.sum()))
@@ -163,36 +169,63 @@ class TAC(FinetuneDefense):
         targets = [self.force_target] if self.force_target >= 0 else self.targets_
         if targets and self.repair:
             start = time.perf_counter()
-            self.repair_model(classifier, clean, targets, generator)
+            self.checked_repair(classifier, clean, targets, generator)
             self.stats_["repair_seconds"] = time.perf_counter() - start
             self.repaired_ = True
 
-    def repair_model(self, model: Classifier, clean: Split, targets: list[int], generator: torch.Generator) -> None:
-        """Stand-in triggers, then (``method`` prune) the pruning, then the fine-tune."""
+    def checked_repair(self, model: Classifier, clean: Split, targets: list[int], generator: torch.Generator) -> None:
+        """Repair rounds on all but the held-out part of ``clean``: after each, the held-out
+        accuracy and the residual estimate of every target; another round (the TAC loss at
+        beta >= 1, on a new scan of the current model) while a backdoor looks present and the
+        accuracy drop is within the budget."""
+        cfg = self.check
+        train, held = clean.split_off(cfg.held_out if cfg.rounds else 0.0, generator.initial_seed())
+        accs = [accuracy(model, held)] if len(held) else []
+        found, beta = self.scan_, self.beta
+        for round_ in range(max(1, cfg.rounds)):
+            if round_ > 0:
+                found, beta = self.scan(model, clean), max(self.beta, 1.0)
+            self.repair_model(model, clean, train, targets, found, beta, generator)
+            if cfg.rounds == 0:
+                break
+            accs += [accuracy(model, held)] if len(held) else []
+            start = time.perf_counter()
+            self.residuals_.append({t: estimate_residual(model, clean, t, cfg, generator) for t in targets})
+            self.stats_["check_seconds"] = self.stats_.get("check_seconds", 0.0) + time.perf_counter() - start
+            present = any(r.score > cfg.margin for r in self.residuals_[-1].values())
+            if not present or (accs and accs[0] - accs[-1] > cfg.budget):
+                break
+        self.stats_.update(rounds=max(1, len(self.residuals_)), held_out=len(held), held_out_acc=accs,
+                           residual=[{t: r.record() for t, r in rs.items()} for rs in self.residuals_])
+
+    def repair_model(self, model: Classifier, clean: Split, train: Split, targets: list[int], found: ScanResult,
+                     beta: float, generator: torch.Generator) -> None:
+        """One round: stand-in triggers, then (``method`` prune) the pruning of the TAC's units of
+        ``found`` (a scan of ``model`` on ``clean``), then the fine-tune on ``train``."""
         hook = None
         if self.epochs > 0:
-            self.stand_ins_, stats = search_stand_ins(model, clean, targets, self.scan_, self.stand_in,
-                                                      self.batch_size, generator)
+            stand_ins, stats = search_stand_ins(model, train, targets, found, self.stand_in, self.batch_size, generator)
+            self.stand_ins_ = stand_ins if stand_ins is not None else self.stand_ins_
             self.stats_.update(stats)
-            hook = None if self.stand_ins_ is None else stamp_stand_ins(self.stand_ins_, self.stand_in.share)
+            hook = None if stand_ins is None else stamp_stand_ins(stand_ins, self.stand_in.share)
         if self.method == "finetune":
-            self.unlearn(model, clean, targets, self.scan_.shifts[targets].float(), generator, hook)
+            self.unlearn(model, train, targets, found.shifts[targets].float(), beta, generator, hook)
             return
-        plan = plan_pruning(model, clean, self.scan_, targets, self.pruning, self.detection, self.robust, self.prior)
-        self.pruned_ = plan.units
-        d = self.scan_.latents.shape[1]
-        self.stats_.update(pruned=len(plan.units), latent_dim=d, relative_norms=plan.relative_norms,
+        plan = plan_pruning(model, clean, found, targets, self.pruning, self.detection, self.robust, self.prior)
+        self.pruned_ = sorted(set(self.pruned_) | set(plan.units))
+        d = found.latents.shape[1]
+        self.stats_.update(pruned=len(self.pruned_), latent_dim=d, relative_norms=plan.relative_norms,
                            high_side_norms=plan.high_side_norms)
         head = model.get_classifier()
-        with columns_held_at_zero(head, plan.units):
+        with columns_held_at_zero(head, self.pruned_):
             if self.epochs > 0:
                 # the TAC that is left: s_t of the pruned model (the loss does not use it at beta 0)
                 shifts = (reconstruct(model, latents_of(model, clean.x), self.detection.bias,
                                       self.detection.qp_quantile).shifts[targets].float()
-                          if self.beta > 0 else head.weight.new_zeros(len(targets), d))
-                self.unlearn(model, clean, targets, shifts, generator, hook)
+                          if beta > 0 else head.weight.new_zeros(len(targets), d))
+                self.unlearn(model, train, targets, shifts, beta, generator, hook)
 
-    def unlearn(self, model: Classifier, clean: Split, targets: list[int], shifts: Tensor,
+    def unlearn(self, model: Classifier, clean: Split, targets: list[int], shifts: Tensor, beta: float,
                 generator: torch.Generator, batch_hook: BatchHook | None) -> list[float]:
         """Fine-tune ``model`` in place with the TAC loss of the s_t ``shifts`` (T, d); returns the
         loss of each epoch."""
@@ -201,5 +234,5 @@ class TAC(FinetuneDefense):
         params = [p for p in model.parameters()
                   if not (self.freeze_head and any(p is q for q in head.parameters()))]
         epoch_hook = refresh_shifts(model, clean, targets, current, self.detection) if self.recompute else None
-        return self.finetune(model, clean, generator, loss_fn=unlearn_loss(current, targets, self.beta), params=params,
+        return self.finetune(model, clean, generator, loss_fn=unlearn_loss(current, targets, beta), params=params,
                       batch_hook=batch_hook, epoch_hook=epoch_hook, nesterov=True)

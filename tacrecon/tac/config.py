@@ -141,8 +141,46 @@ class StandInConfig(Config):
             raise TacreconError(f"need stand_in_steps >= 1 and stand_in_lr > 0, got {self.steps}, {self.lr}")
 
 
+@dataclass
+class SelfCheckConfig(Config):
+    """The repair's check of its own work (:mod:`tacrecon.tac.residual`) and what it may spend.
+
+    Args:
+        rounds: repair rounds at most; after each, the residual is estimated and another round
+            (the TAC loss at beta >= 1 on the current model) runs while the backdoor looks present
+            and the held-out accuracy has not dropped by more than ``budget``. 0 (the default):
+            one round, no held-out part, no estimate (docs/benchmarks.md: how far the estimate
+            can be trusted so far).
+        held_out: share of the clean set kept out of the repair, to measure its accuracy cost.
+        budget: the accuracy drop on the held-out images that ends the rounds.
+        margin: the residual score (target's patch success minus the other classes' median)
+            above which the backdoor counts as present.
+        pixels: the patch's budget in pixels.
+        classes: other classes compared with the target (drawn at random above that count).
+        steps, lr, batch_size: the patch search (Adam).
+    """
+
+    rounds: int = 0
+    held_out: float = 0.1
+    budget: float = 0.02
+    margin: float = 0.15
+    pixels: int = 9
+    classes: int = 9
+    steps: int = 60
+    lr: float = 0.3
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.rounds < 0 or not 0 <= self.held_out < 0.5 or not 0 <= self.budget <= 1:
+            raise TacreconError(f"need check_rounds >= 0, held_out in [0, 0.5) and check_budget in [0, 1], got "
+                                f"{self.rounds}, {self.held_out}, {self.budget}")
+        if min(self.pixels, self.classes, self.steps, self.batch_size) < 1 or self.lr <= 0:
+            raise TacreconError(f"need check_pixels, check_classes, check_steps, check_batch_size >= 1 and check_lr > 0, "
+                                f"got {self.pixels}, {self.classes}, {self.steps}, {self.batch_size}, {self.lr}")
+
+
 GROUPS: dict[str, type[Config]] = {"detection": DetectionConfig, "robust": RobustLookConfig, "prior": PriorConfig,
-                                   "pruning": PruneConfig, "stand_in": StandInConfig}
+                                   "pruning": PruneConfig, "stand_in": StandInConfig, "check": SelfCheckConfig}
 
 # flat name -> (group, field): the names of --set, the bench configs and the records
 FLAT: dict[str, tuple[str, str]] = {
@@ -153,6 +191,9 @@ FLAT: dict[str, tuple[str, str]] = {
     **{f"prune_{name}": ("pruning", name) for name in ("stop", "step", "max", "rank")},
     "peak_max_drop": ("pruning", "peak_max_drop"),
     **{f"stand_in_{name}": ("stand_in", name) for name in ("eps", "share", "steps", "lr")},
+    **{f"check_{name}": ("check", name) for name in ("rounds", "budget", "margin", "pixels", "classes", "steps", "lr",
+                                                      "batch_size")},
+    "held_out": ("check", "held_out"),
 }
 
 # the names records of TAC revisions <= 6 used, still read (and accepted by --set)
