@@ -15,7 +15,7 @@ def test_unlearn_recompute_and_frozen_head(digits):
     shift = reconstruct(model, latents_of(model, clean.x)).shifts[[0]].float()
     head_before = model.get_classifier().weight.clone()
     tac = make_tac(epochs=2, batch_size=32, lr=0.01, crop_padding=0, beta=1.0, recompute=True, freeze_head=True)
-    history = tac.unlearn(model, clean, [0], shift, torch.Generator().manual_seed(0), None)
+    history = tac.unlearn(model, clean, [0], shift, tac.beta, torch.Generator().manual_seed(0), None)
     assert len(history) == 2
     assert torch.equal(model.get_classifier().weight, head_before)
 
@@ -31,4 +31,4 @@ def test_multi_target_unlearn_loss_averages_the_targets(digits):
     clean = digits.train.subset(torch.arange(64))
     tac = make_tac(epochs=1, batch_size=32, lr=0.01, crop_padding=0)
     both = reconstruct(model, latents_of(model, clean.x)).shifts[[0, 3]].float()
-    assert len(tac.unlearn(model, clean, [0, 3], both, torch.Generator().manual_seed(0), None)) == 1
+    assert len(tac.unlearn(model, clean, [0, 3], both, 0.0, torch.Generator().manual_seed(0), None)) == 1
