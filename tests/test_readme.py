@@ -53,3 +53,16 @@ def test_the_python_section_runs():
     assert isinstance(namespace["result"], namespace["tacrecon"].ScanResult)
     assert type(namespace["repaired"]).__name__ == type(namespace["defended"]).__name__ == "Net"
     assert namespace["record"]["repaired"] and namespace["ft"]["defense"] == "ft"
+
+
+def test_every_committed_grid_cell_is_done_under_the_current_code():
+    """A change of a defense's config (a new setting) must not make the committed grid stale: a
+    record that predates a setting reads as made with the value that reproduces it."""
+    from collections import Counter
+
+    from tacrecon.bench.config import load_config
+    from tacrecon.bench.runner import survey
+
+    root = Path(__file__).resolve().parents[1]
+    _, states = survey(load_config(root / "configs" / "cpu.yaml"), root / "docs" / "results" / "cpu")
+    assert Counter(states.values()) == Counter({"done": len(states)})

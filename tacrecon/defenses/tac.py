@@ -38,8 +38,10 @@ from tacrecon.tac.repair import plan_pruning, refresh_shifts, search_stand_ins, 
 from tacrecon.tac.residual import Residual, estimate_residual
 from tacrecon.tac.stand_in import BatchHook, stamp_stand_ins
 
-# fine-tune settings that records of revisions <= 6 did not store: the values those revisions used
-_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False}
+# settings that records of revisions <= 6 did not store: the values those revisions used (no self-check)
+_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False, "held_out": SelfCheckConfig().held_out,
+             **{f"check_{f.name}": getattr(SelfCheckConfig(), f.name) for f in fields(SelfCheckConfig)
+                if f.name != "held_out"}, "check_rounds": 0}
 
 
 @DEFENSES.register("tac")
