@@ -137,7 +137,9 @@ def run(case: dict, estimates: list[str], eps: float, steps: int, config: dict, 
     out = done or {"model": case["name"], "about": case["about"], "target": target, "eps": eps, "steps": steps,
                    "config": config, "before": case["rates"](model), "after": after,
                    "held_acc": {"before": accuracy(model, case["held"]), "after": accuracy(tac.model_, case["held"])},
-                   "repair_seconds": seconds}
+                   "repair_seconds": seconds,
+                   "check": {k: tac.stats_[k] for k in ("rounds", "held_out", "held_out_acc", "residual")
+                             if k in tac.stats_}}
     if "rescan" in estimates and "rescan_relative" not in out:
         rescan = TAC.from_dict({"repair": False}).fit(tac.model_, clean)
         out.update(rescan_relative=rescan.scores()["relative"][target], rescan_flagged=rescan.targets_)
@@ -196,11 +198,11 @@ def main() -> None:
     rows = [[r["model"], r["about"], r["target"], f"{pct(r['before']['asr'])} -> {pct(r['after']['asr'])}",
              f"{pct(r['before']['acc'])} -> {pct(r['after']['acc'])}",
              f"{pct(r['held_acc']['before'])} -> {pct(r['held_acc']['after'])}", cell(r, "rescan_relative", "{:.2f}"),
-             cell(r, "stand_in_residual", "{:+.3f}"), patch_cell(r), f"{r['repair_seconds']:.0f}"]
+             cell(r, "stand_in_residual", "{:+.3f}"), patch_cell(r), rounds_cell(r), f"{r['repair_seconds']:.0f}"]
             for r in results]
     table = markdown_table(["model", "backdoor", "target", "ASR (test)", "ACC (test)", "ACC (held out)",
                             "rescan: target / median", "stand-in: target - median",
-                            "patch: target - median (target, s)", "repair s"], rows)
+                            "patch: target - median (target, s)", "self-check rounds: scores", "repair s"], rows)
     rho = {name: correlation(results, key) for name, key in
            (("rescan", lambda r: -r["rescan_relative"] if "rescan_relative" in r else None),
             ("stand-in", lambda r: r.get("stand_in_residual")),
@@ -219,6 +221,13 @@ def cell(r: dict, key: str, fmt: str) -> str:
 def patch_cell(r: dict) -> str:
     p = r.get("patch")
     return f"{p['score']:+.2f} ({p['success']:.0%}, {p['seconds']:.0f})" if p else "-"
+
+
+def rounds_cell(r: dict) -> str:
+    check = r.get("check") or {}
+    if not check.get("residual"):
+        return "-"
+    return f"{check['rounds']}: " + " ".join(f"{rs[str(r['target'])]['score']:+.2f}" for rs in check["residual"])
 
 
 def correlation(results: list[dict], estimate) -> tuple[float, float, int]:
