@@ -167,8 +167,11 @@ def scripted_residuals(monkeypatch, scores):
 
 
 def test_self_check_runs_another_round_while_the_backdoor_looks_present(planted, monkeypatch):
+    import tacrecon.defenses.tac as tac_module
+
     art, clean = planted["badnets"]
     betas = scripted_residuals(monkeypatch, [0.8, 0.0])  # the first round fails, the second succeeds
+    monkeypatch.setattr(tac_module, "accuracy", lambda model, data: 1.0)  # 29 held-out images: one is 3.4 points
     tac = make_tac(epochs=1, stand_in_steps=5, check_rounds=3).fit(art.model, clean, torch.Generator().manual_seed(0))
     assert tac.stats_["rounds"] == 2 and betas == [0.0, 1.0]  # the second round switches to the TAC loss
     assert [r[0]["score"] for r in tac.stats_["residual"]] == [0.8, 0.0]
@@ -197,3 +200,41 @@ def test_clean_model_repaired_by_mistake_keeps_its_accuracy(planted, digits):
     art, clean = planted["none"]
     tac = make_tac(force_target=0).fit(art.model, clean, torch.Generator().manual_seed(0))
     assert tac.repaired_ and accuracy(tac.model_, digits.test) >= accuracy(art.model, digits.test) - 0.01
+
+
+@pytest.mark.parametrize("next_round", ["restart", "continue"])
+def test_a_later_round_restarts_from_the_model_as_it_was_or_continues(planted, monkeypatch, next_round):
+    art, clean = planted["badnets"]
+    scripted_residuals(monkeypatch, [0.8, 0.0])
+    entries, repair = [], TAC.repair_model
+
+    def spy(self, model, *args):
+        entries.append({k: v.clone() for k, v in model.state_dict().items()})
+        return repair(self, model, *args)
+
+    monkeypatch.setattr(TAC, "repair_model", spy)
+    make_tac(epochs=1, stand_in_steps=5, check_rounds=2, check_next=next_round).fit(
+        art.model, clean, torch.Generator().manual_seed(0))
+    same = all(torch.equal(entries[0][k], entries[1][k]) for k in entries[0])
+    assert len(entries) == 2 and same == (next_round == "restart")
+
+
+def test_a_later_round_past_the_budget_is_undone(planted, monkeypatch):
+    import tacrecon.defenses.tac as tac_module
+
+    art, clean = planted["badnets"]
+    scripted_residuals(monkeypatch, [0.8, 0.8])
+    accs = iter([0.95, 0.95, 0.90])  # before, after the first round, after the second: 5 points lost
+    monkeypatch.setattr(tac_module, "accuracy", lambda model, data: next(accs))
+    first = {}
+    repair = TAC.repair_model
+
+    def spy(self, model, *args):
+        out = repair(self, model, *args)
+        first.setdefault("state", {k: v.clone() for k, v in model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(TAC, "repair_model", spy)
+    tac = make_tac(epochs=1, stand_in_steps=5, check_rounds=2).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert tac.stats_["reverted"] and tac.stats_["rounds"] == 1 and tac.stats_["held_out_acc"] == [0.95, 0.95, 0.90]
+    assert all(torch.equal(v, first["state"][k]) for k, v in tac.model_.state_dict().items())

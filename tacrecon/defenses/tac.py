@@ -8,6 +8,7 @@ fine-tune base. docs/method.md gives the method and why every default has its va
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -177,28 +178,40 @@ class TAC(FinetuneDefense):
 
     def checked_repair(self, model: Classifier, clean: Split, targets: list[int], generator: torch.Generator) -> None:
         """Repair rounds on all but the held-out part of ``clean``: after each, the held-out
-        accuracy and the residual estimate of every target; another round (the TAC loss at
-        beta >= 1, on a new scan of the current model) while a backdoor looks present and the
-        accuracy drop is within the budget."""
+        accuracy and the residual estimate of every target. While a backdoor looks present and the
+        accuracy drop is within the budget, another round runs with the TAC loss (beta >= 1):
+        from the model as it was (``check.next`` restart) or on the current one (continue). A
+        later round that drops the accuracy past the budget is undone."""
         cfg = self.check
         train, held = clean.split_off(cfg.held_out if cfg.rounds else 0.0, generator.initial_seed())
         accs = [accuracy(model, held)] if len(held) else []
-        found, beta = self.scan_, self.beta
+        original = copy.deepcopy(model.state_dict()) if cfg.rounds > 1 else None
+        found, beta, reverted = self.scan_, self.beta, False
         for round_ in range(max(1, cfg.rounds)):
+            previous = (copy.deepcopy(model.state_dict()), list(self.pruned_)) if round_ > 0 else None
             if round_ > 0:
-                found, beta = self.scan(model, clean), max(self.beta, 1.0)
+                beta = max(self.beta, 1.0)
+                if cfg.next == "restart":
+                    model.load_state_dict(original)
+                    self.pruned_, found = [], self.scan_
+                else:
+                    found = self.scan(model, clean)
             self.repair_model(model, clean, train, targets, found, beta, generator)
             if cfg.rounds == 0:
                 break
             accs += [accuracy(model, held)] if len(held) else []
+            over = bool(accs) and accs[0] - accs[-1] > cfg.budget
+            if previous is not None and over:
+                model.load_state_dict(previous[0])
+                self.pruned_, reverted = previous[1], True
+                break
             start = time.perf_counter()
             self.residuals_.append({t: estimate_residual(model, clean, t, cfg, generator) for t in targets})
             self.stats_["check_seconds"] = self.stats_.get("check_seconds", 0.0) + time.perf_counter() - start
-            present = any(r.score > cfg.margin for r in self.residuals_[-1].values())
-            if not present or (accs and accs[0] - accs[-1] > cfg.budget):
+            if over or not any(r.score > cfg.margin for r in self.residuals_[-1].values()):
                 break
         self.stats_.update(rounds=max(1, len(self.residuals_)), held_out=len(held), held_out_acc=accs,
-                           residual=[{t: r.record() for t, r in rs.items()} for rs in self.residuals_])
+                           reverted=reverted, residual=[{t: r.record() for t, r in rs.items()} for rs in self.residuals_])
 
     def repair_model(self, model: Classifier, clean: Split, train: Split, targets: list[int], found: ScanResult,
                      beta: float, generator: torch.Generator) -> None:

@@ -147,12 +147,15 @@ class SelfCheckConfig(Config):
 
     Args:
         rounds: repair rounds at most; after each, the residual is estimated and another round
-            (the TAC loss at beta >= 1 on the current model) runs while the backdoor looks present
-            and the held-out accuracy has not dropped by more than ``budget``. 0 (the default):
+            with the TAC loss at beta >= 1 runs while the backdoor looks present and the held-out
+            accuracy has not dropped by more than ``budget`` (a later round that drops it further
+            is undone). 0 (the default):
             one round, no held-out part, no estimate (docs/benchmarks.md: how far the estimate
             can be trusted so far).
         held_out: share of the clean set kept out of the repair, to measure its accuracy cost.
         budget: the accuracy drop on the held-out images that ends the rounds.
+        next: what a later round starts from: ``restart`` (the model as it was before the
+            repair) or ``continue`` (the current model, scanned again).
         margin: the residual score (target's patch success minus the other classes' median)
             above which the backdoor counts as present.
         pixels: the patch's budget in pixels.
@@ -163,6 +166,7 @@ class SelfCheckConfig(Config):
     rounds: int = 0
     held_out: float = 0.1
     budget: float = 0.02
+    next: str = "restart"
     margin: float = 0.15
     pixels: int = 9
     classes: int = 9
@@ -174,6 +178,8 @@ class SelfCheckConfig(Config):
         if self.rounds < 0 or not 0 <= self.held_out < 0.5 or not 0 <= self.budget <= 1:
             raise TacreconError(f"need check_rounds >= 0, held_out in [0, 0.5) and check_budget in [0, 1], got "
                                 f"{self.rounds}, {self.held_out}, {self.budget}")
+        if self.next not in ("restart", "continue"):
+            raise TacreconError(f"check_next must be restart or continue, got {self.next!r}")
         if min(self.pixels, self.classes, self.steps, self.batch_size) < 1 or self.lr <= 0:
             raise TacreconError(f"need check_pixels, check_classes, check_steps, check_batch_size >= 1 and check_lr > 0, "
                                 f"got {self.pixels}, {self.classes}, {self.steps}, {self.batch_size}, {self.lr}")
@@ -191,7 +197,7 @@ FLAT: dict[str, tuple[str, str]] = {
     **{f"prune_{name}": ("pruning", name) for name in ("stop", "step", "max", "rank")},
     "peak_max_drop": ("pruning", "peak_max_drop"),
     **{f"stand_in_{name}": ("stand_in", name) for name in ("eps", "share", "steps", "lr")},
-    **{f"check_{name}": ("check", name) for name in ("rounds", "budget", "margin", "pixels", "classes", "steps", "lr",
+    **{f"check_{name}": ("check", name) for name in ("rounds", "budget", "next", "margin", "pixels", "classes", "steps", "lr",
                                                       "batch_size")},
     "held_out": ("check", "held_out"),
 }
