@@ -138,7 +138,7 @@ def run(case: dict, estimates: list[str], eps: float, steps: int, config: dict, 
                    "config": config, "before": case["rates"](model), "after": after,
                    "held_acc": {"before": accuracy(model, case["held"]), "after": accuracy(tac.model_, case["held"])},
                    "repair_seconds": seconds,
-                   "check": {k: tac.stats_[k] for k in ("rounds", "held_out", "held_out_acc", "residual")
+                   "check": {k: tac.stats_[k] for k in ("rounds", "held_out", "held_out_acc", "reverted", "residual")
                              if k in tac.stats_}}
     if "rescan" in estimates and "rescan_relative" not in out:
         rescan = TAC.from_dict({"repair": False}).fit(tac.model_, clean)
