@@ -6,8 +6,11 @@ The data stays on the device as two tensors; each epoch is a random permutation 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -121,10 +124,37 @@ def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
     opt = make_optimizer(params if params is not None else model.parameters(), cfg)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total, step, history = cfg.epochs * steps_per_epoch, 0, []
+    total = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
     bar = tqdm(total=total, desc=desc, disable=None if cfg.progress else True, leave=False)
     model.train()
+    with global_rng_from(generator, data.device):
+        history = run_epochs(model, data, cfg, generator, opt, loss_fn, step_fn, batch_hook, epoch_hook, bar, desc)
+    bar.close()
+    model.eval()
+    return history
+
+
+@contextmanager
+def global_rng_from(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """torch's global generator of ``device`` (dropout draws from it) seeded from ``generator``'s
+    current state for the duration, and restored after: a run then comes out the same whatever ran
+    before it in the process. ``generator``'s own state is only read."""
+    seed = int.from_bytes(hashlib.sha256(generator.get_state().numpy().tobytes()).digest()[:8], "little") >> 1
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)
+        yield
+
+
+def run_epochs(model: nn.Module, data: Split, cfg: TrainConfig, generator: torch.Generator,
+               opt: torch.optim.Optimizer, loss_fn: LossFn, step_fn: StepFn, batch_hook: BatchHook | None,
+               epoch_hook: Callable[[int], None] | None, bar: tqdm, desc: str) -> list[float]:
+    """The epochs of :func:`fit`; returns the mean loss of each."""
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total, step, history = cfg.epochs * steps_per_epoch, 0, []
     for epoch in range(cfg.epochs):
         if epoch_hook is not None:
             epoch_hook(epoch)
@@ -146,8 +176,6 @@ def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
         history.append(float(torch.stack(losses).mean()))
         bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.3f}")
         log.info("%s epoch %d/%d loss %.4f", desc, epoch + 1, cfg.epochs, history[-1])
-    bar.close()
-    model.eval()
     return history
 
 

@@ -111,3 +111,26 @@ def test_add_clipped_broadcasts_a_perturbation_and_keeps_the_image_range():
     out = add_clipped(x, torch.full((1, 1, 1), 0.1))
     assert torch.allclose(out.flatten(), torch.tensor([0.1, 0.6, 1.0])) and torch.equal(x.flatten()[2], torch.tensor(0.95))
     assert float(add_clipped(x, torch.full((1, 1, 1), -0.2)).min()) == 0.0
+
+
+def test_dropout_draws_do_not_depend_on_what_ran_before():
+    """fit seeds torch's global generator (dropout's) from its own generator for the run and gives
+    it back afterwards: the same call comes out the same whatever state the global one was in."""
+    g = torch.Generator().manual_seed(0)
+    data = Split(torch.rand(64, 1, 4, 4, generator=g), torch.randint(3, (64,), generator=g))
+
+    def trained(global_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 32), torch.nn.Dropout(0.5),
+                                    torch.nn.Linear(32, 3))
+        torch.manual_seed(global_seed)  # whatever ran before in the process
+        fit(model, data, TrainConfig(epochs=2, batch_size=16, crop_padding=0, progress=False),
+            generator=torch.Generator().manual_seed(1))
+        after = torch.rand(1)  # the global generator goes on as if fit had not drawn from it
+        torch.manual_seed(global_seed)
+        assert torch.equal(after, torch.rand(1))
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), after
+
+    before = torch.random.get_rng_state()
+    assert torch.equal(trained(1)[0], trained(2)[0])
+    torch.random.set_rng_state(before)
