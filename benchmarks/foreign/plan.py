@@ -4,8 +4,9 @@ Seeds run from 100 up, one per model; each backdoored model's target class is dr
 seed with ``random.Random(seed)``. The order puts the most useful models first, since CPU time
 is short: two clean CIFAR-10 models, eight backdoored CIFAR-10 models at 5-10% covering the
 three architectures and all eight triggers, two backdoored and one clean GTSRB model, then the
-rest (1% rates, more clean models, the remaining GTSRB models). In all: 16 backdoored + 4 clean
-CIFAR-10 models, 6 backdoored + 2 clean GTSRB models.
+rest (1% rates, more clean models, the remaining GTSRB models), then six more clean models for
+the detection thresholds. In all: 16 backdoored + 7 clean CIFAR-10 models, 6 backdoored + 5 clean
+GTSRB models.
 
 ``python benchmarks/foreign/plan.py`` prints the plan.
 """
@@ -54,6 +55,13 @@ ROWS: list[tuple[str, str, str | None, float, str, float]] = [
     ("gtsrb", "mlphead", "pieces", 0.05, "sgd", 0.1),
     ("gtsrb", "vgg", "cast", 0.01, "adam", 0.0),
     ("gtsrb", "resnet18", None, 0.0, "adam", 0.1),
+    # 5. more clean models, so that a detection threshold rests on more than the worst of 8
+    ("cifar10", "mlphead", None, 0.0, "adam", 0.0),
+    ("gtsrb", "mlphead", None, 0.0, "sgd", 0.0),
+    ("cifar10", "resnet18", None, 0.0, "sgd", 0.0),
+    ("gtsrb", "vgg", None, 0.0, "adam", 0.1),
+    ("cifar10", "vgg", None, 0.0, "sgd", 0.1),
+    ("gtsrb", "resnet18", None, 0.0, "sgd", 0.0),
 ]
 FIRST_SEED = 100
 
