@@ -24,7 +24,7 @@ def test_the_script_runs_a_tiny_grid_on_the_cpu(tmp_path):
                                            "defenses": ["none", "tac", "ftsam"], "seeds": [0], "budget": "smoke",
                                            "train": {"epochs": 1}, "clean_fraction": 0.2}]}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
-    env = {**os.environ, "CONFIG": str(tmp_path / "tiny.yaml"), "OUT": str(tmp_path / "out"), "DEVICE": "cpu",
+    env = {**os.environ, "CONFIG": str(tmp_path / "tiny.yaml"), "RESULTS": str(tmp_path / "out"), "DEVICE": "cpu",
            "DATA": str(tmp_path / "data"), "TACRECON_CACHE": str(tmp_path / "cache")}
     run = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_protocol.sh")], env=env, capture_output=True, text=True,
                          timeout=300)
