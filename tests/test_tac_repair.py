@@ -1,5 +1,6 @@
 """tacrecon.tac.repair: the TAC loss and its refresh; the estimator's fine-tune with them."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tac
@@ -32,3 +33,28 @@ def test_multi_target_unlearn_loss_averages_the_targets(digits):
     tac = make_tac(epochs=1, batch_size=32, lr=0.01, crop_padding=0)
     both = reconstruct(model, latents_of(model, clean.x)).shifts[[0, 3]].float()
     assert len(tac.unlearn(model, clean, [0, 3], both, 0.0, torch.Generator().manual_seed(0), None)) == 1
+
+
+def test_distillation_ignores_the_targets_columns_and_vanishes_on_the_teacher():
+    from tacrecon.tac.repair import distillation
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+    assert float(distillation(teacher, teacher, [2], 2.0)) == pytest.approx(0.0, abs=1e-6)
+    pulled = teacher.clone()
+    pulled[:, 2] += 10.0  # the teacher's pull towards target 2 is not taught back
+    assert torch.allclose(distillation(student, teacher, [2], 2.0), distillation(student, pulled, [2], 2.0))
+    assert float(distillation(student, teacher, [2], 2.0)) > 0
+
+
+def test_unlearn_loss_adds_the_distillation_from_the_teacher(digits):
+    from tacrecon.tac.repair import distillation
+
+    model, teacher = create_model("test_cnn", in_chans=1).eval(), create_model("test_cnn", in_chans=1).eval()
+    x, y = digits.train.x[:16], digits.train.y[:16]
+    zero = torch.zeros(1, model.latent_dim)
+    plain = unlearn_loss([zero], [0], beta=0.0)(model, x, y)
+    with_kd = unlearn_loss([zero], [0], beta=0.0, teacher=teacher, distill=0.5)(model, x, y)
+    with torch.no_grad():
+        expected = plain + 0.5 * distillation(model(x), teacher(x), [0], 2.0)
+    assert torch.allclose(with_kd, expected)

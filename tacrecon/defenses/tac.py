@@ -40,7 +40,7 @@ from tacrecon.tac.residual import Residual, estimate_residual
 from tacrecon.tac.stand_in import BatchHook, stamp_stand_ins
 
 # settings that records of revisions <= 6 did not store: the values those revisions used (no self-check)
-_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False, "held_out": SelfCheckConfig().held_out,
+_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0, "held_out": SelfCheckConfig().held_out,
              **{f"check_{f.name}": getattr(SelfCheckConfig(), f.name) for f in fields(SelfCheckConfig)
                 if f.name != "held_out"}, "check_rounds": 0}
 
@@ -61,6 +61,8 @@ class TAC(FinetuneDefense):
         method: ``prune`` (prune the TAC's units, then fine-tune with them held at 0) or
             ``finetune`` (fine-tune only, with the TAC loss).
         beta: weight of the TAC loss (:func:`~tacrecon.tac.repair.unlearn_loss`; 0: plain CE).
+        distill: weight of the distillation from the model before the repair, its logits without
+            the targets' columns (:func:`~tacrecon.tac.repair.distillation`; 0: off).
         recompute: recompute the s_t against the current model before every epoch.
         freeze_head: fine-tune the body only.
         epochs, lr, batch_size, momentum, weight_decay, crop_padding, flip: the fine-tune
@@ -94,6 +96,7 @@ class TAC(FinetuneDefense):
     repair: bool = True
     method: str = "prune"
     beta: float = 0.0
+    distill: float = 0.0
     recompute: bool = False
     freeze_head: bool = True
     epochs: int = 10
@@ -141,8 +144,8 @@ class TAC(FinetuneDefense):
             getattr(self, group).validate()
         if self.method not in ("prune", "finetune"):
             raise TacreconError(f"method must be prune or finetune, got {self.method!r}")
-        if self.beta < 0:
-            raise TacreconError(f"beta must be >= 0, got {self.beta}")
+        if self.beta < 0 or self.distill < 0:
+            raise TacreconError(f"beta and distill must be >= 0, got {self.beta}, {self.distill}")
 
     def scan(self, model: nn.Module, clean: Split) -> ScanResult:
         """The scan alone on ``model`` (not modified): both looks and their tests."""
@@ -164,6 +167,7 @@ class TAC(FinetuneDefense):
         self.stand_ins_: Tensor | None = None
         self.pruned_: list[int] = []
         self.residuals_: list[dict[int, Residual]] = []
+        self.teacher_: Classifier | None = None
         self.repaired_ = False
         self.scan_ = self.scan(classifier, clean)
         self.stats_.update(scan_seconds=self.scan_.seconds, qp_iterations=int(self.scan_.plain.qp.iterations.sum()))
@@ -183,6 +187,7 @@ class TAC(FinetuneDefense):
         from the model as it was (``check.next`` restart) or on the current one (continue). A
         later round that drops the accuracy past the budget is undone."""
         cfg = self.check
+        self.teacher_ = copy.deepcopy(model).eval() if self.distill > 0 else None
         train, held = clean.split_off(cfg.held_out if cfg.rounds else 0.0, generator.initial_seed())
         accs = [accuracy(model, held)] if len(held) else []
         original = copy.deepcopy(model.state_dict()) if cfg.rounds > 1 else None
@@ -210,6 +215,7 @@ class TAC(FinetuneDefense):
             self.stats_["check_seconds"] = self.stats_.get("check_seconds", 0.0) + time.perf_counter() - start
             if over or not any(r.score > cfg.margin for r in self.residuals_[-1].values()):
                 break
+        self.teacher_ = None  # the model before the repair, only needed while it runs
         self.stats_.update(rounds=max(1, len(self.residuals_)), held_out=len(held), held_out_acc=accs,
                            reverted=reverted, residual=[{t: r.record() for t, r in rs.items()} for rs in self.residuals_])
 
@@ -242,12 +248,14 @@ class TAC(FinetuneDefense):
 
     def unlearn(self, model: Classifier, clean: Split, targets: list[int], shifts: Tensor, beta: float,
                 generator: torch.Generator, batch_hook: BatchHook | None) -> list[float]:
-        """Fine-tune ``model`` in place with the TAC loss of the s_t ``shifts`` (T, d); returns the
-        loss of each epoch."""
+        """Fine-tune ``model`` in place with the TAC loss of the s_t ``shifts`` (T, d) (and the
+        distillation from ``self.teacher_`` when ``distill`` > 0); returns the loss of each epoch."""
         current = [shifts.reshape(len(targets), -1)]
         head = model.get_classifier()
         params = [p for p in model.parameters()
                   if not (self.freeze_head and any(p is q for q in head.parameters()))]
         epoch_hook = refresh_shifts(model, clean, targets, current, self.detection) if self.recompute else None
-        return self.finetune(model, clean, generator, loss_fn=unlearn_loss(current, targets, beta), params=params,
-                      batch_hook=batch_hook, epoch_hook=epoch_hook, nesterov=True)
+        teacher = getattr(self, "teacher_", None)  # set during a fit; unlearn may also run on its own
+        loss = unlearn_loss(current, targets, beta, teacher, self.distill)
+        return self.finetune(model, clean, generator, loss_fn=loss, params=params,
+                             batch_hook=batch_hook, epoch_hook=epoch_hook, nesterov=True)

@@ -26,9 +26,11 @@ from tacrecon.tac.stand_in import search_stand_in, stand_in_success
 LossFn = Callable[[Classifier, Tensor, Tensor], Tensor]
 
 
-def unlearn_loss(shifts: list[Tensor], targets: list[int], beta: float) -> LossFn:
+def unlearn_loss(shifts: list[Tensor], targets: list[int], beta: float, teacher: Classifier | None = None,
+                 distill: float = 0.0, temperature: float = 2.0) -> LossFn:
     """The fine-tune's loss: CE on clean latents + beta * mean over flagged t of CE on the latents
-    of the samples with y != t shifted by s_t (their true labels kept).
+    of the samples with y != t shifted by s_t (their true labels kept) + ``distill`` * the
+    distillation term of :func:`distillation` from ``teacher`` (the model before the repair).
 
     ``shifts`` is a one-element list holding the (T, d) stack of s_t, so that an epoch hook can
     replace it; ``targets`` (T,) are the flagged classes (several for a multi-target attack).
@@ -36,16 +38,32 @@ def unlearn_loss(shifts: list[Tensor], targets: list[int], beta: float) -> LossF
     def loss(model: Classifier, x: Tensor, y: Tensor) -> Tensor:
         z = model.latent(x)
         head = model.get_classifier()
-        ce = F.cross_entropy(head(z), y)
+        logits = head(z)
+        total = F.cross_entropy(logits, y)
+        if distill > 0 and teacher is not None:
+            with torch.no_grad():
+                reference = teacher(x)
+            total = total + distill * distillation(logits, reference, targets, temperature)
         if beta == 0:
-            return ce
+            return total
         terms = []
         for s, t in zip(shifts[0], targets):
             keep = y != t
             if bool(keep.any()):
                 terms.append(F.cross_entropy(head(z[keep] + s.to(z)), y[keep]))
-        return ce + beta * torch.stack(terms).mean() if terms else ce
+        return total + beta * torch.stack(terms).mean() if terms else total
     return loss
+
+
+def distillation(student: Tensor, teacher: Tensor, targets: list[int], temperature: float) -> Tensor:
+    """KL(teacher || student) of the softened logits (N, C) without the targets' columns, times
+    temperature^2: the repaired model keeps the original's view of the clean classes, and the
+    original's pull towards a target (on a stamped stand-in, say) is not taught back."""
+    keep = torch.ones(student.shape[1], dtype=torch.bool, device=student.device)
+    keep[targets] = False
+    log_s = F.log_softmax(student[:, keep] / temperature, dim=1)
+    log_t = F.log_softmax(teacher[:, keep].to(student.dtype) / temperature, dim=1)
+    return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * temperature ** 2
 
 
 def refresh_shifts(model: Classifier, clean: Split, targets: list[int], shifts: list[Tensor],
