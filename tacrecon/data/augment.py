@@ -46,3 +46,11 @@ def augment(x: Tensor, generator: torch.Generator, padding: int = 4, flip: bool 
 def add_clipped(x: Tensor, delta: Tensor) -> Tensor:
     """Images ``x`` (N, C, H, W) in [0, 1] plus a perturbation ``delta`` (broadcast to x), clipped to [0, 1]."""
     return (x + delta).clamp(0, 1)
+
+
+def stamp(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
+    """Images (N, C, H, W) in [0, 1] with a masked trigger: (1 - mask) * x + mask * pattern.
+
+    ``mask`` (1, H, W) and ``pattern`` (C, H, W), both in [0, 1] (Neural Cleanse's form).
+    """
+    return (1 - mask) * x + mask * pattern

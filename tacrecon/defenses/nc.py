@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tacrecon.data.augment import augment
+from tacrecon.data.augment import augment, stamp
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES
 from tacrecon.defenses.finetune import FinetuneDefense
@@ -34,14 +34,6 @@ EPSILON = 1e-7  # keeps tanh(.) / (2 + EPSILON) + 0.5 strictly inside (0, 1)
 def squash(raw: Tensor) -> Tensor:
     """Unconstrained values -> (0, 1): tanh(raw) / (2 + 1e-7) + 0.5 (NC's parametrization)."""
     return torch.tanh(raw) / (2 + EPSILON) + 0.5
-
-
-def stamp(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
-    """Images (N, C, H, W) in [0, 1] with the trigger: (1 - mask) * x + mask * pattern.
-
-    ``mask`` (1, H, W) and ``pattern`` (C, H, W), both in [0, 1].
-    """
-    return (1 - mask) * x + mask * pattern
 
 
 def index_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tacrecon.data.augment import stamp
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.models import Classifier
@@ -64,7 +65,7 @@ def patch_success(model: Classifier, clean: Split, k: int, cfg: SelfCheckConfig,
     for _ in range(cfg.steps):
         x = others[torch.randint(others.shape[0], (cfg.batch_size,), generator=generator).to(clean.device)]
         mask, pattern = torch.sigmoid(mask_raw), torch.sigmoid(pattern_raw)
-        loss = F.cross_entropy(model((1 - mask) * x + mask * pattern), labels[:x.shape[0]])
+        loss = F.cross_entropy(model(stamp(x, mask, pattern)), labels[:x.shape[0]])
         loss = loss + F.relu(mask.sum() - budget) / budget
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -88,7 +89,7 @@ def stamped_share(model: Classifier, x: Tensor, mask: Tensor, pattern: Tensor, k
     hits = 0
     for i in range(0, x.shape[0], batch):
         part = x[i:i + batch]
-        hits += int((model((1 - mask) * part + mask * pattern).argmax(1) == k).sum())
+        hits += int((model(stamp(part, mask, pattern)).argmax(1) == k).sum())
     return hits / x.shape[0]
 
 
