@@ -124,11 +124,32 @@ def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
     opt = make_optimizer(params if params is not None else model.parameters(), cfg)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
-    total = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total, step, history = cfg.epochs * steps_per_epoch, 0, []
     bar = tqdm(total=total, desc=desc, disable=None if cfg.progress else True, leave=False)
     model.train()
     with global_rng_from(generator, data.device):
-        history = run_epochs(model, data, cfg, generator, opt, loss_fn, step_fn, batch_hook, epoch_hook, bar, desc)
+        for epoch in range(cfg.epochs):
+            if epoch_hook is not None:
+                epoch_hook(epoch)
+                model.train()
+            order = torch.randperm(len(data), generator=generator).to(data.device)
+            losses = []
+            for i in range(steps_per_epoch):
+                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                x = augment(data.x[idx], generator, cfg.crop_padding, cfg.flip)
+                y = data.y[idx]
+                if batch_hook is not None:
+                    x, y = batch_hook(x, y, generator)
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(cfg, step, total)
+                loss = step_fn(model, opt, loss_fn, x.contiguous(memory_format=fmt), y, amp=cfg.amp)
+                losses.append(loss)
+                step += 1
+                bar.update()
+            history.append(float(torch.stack(losses).mean()))
+            bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.3f}")
+            log.info("%s epoch %d/%d loss %.4f", desc, epoch + 1, cfg.epochs, history[-1])
     bar.close()
     model.eval()
     return history
@@ -146,37 +167,6 @@ def global_rng_from(generator: torch.Generator, device: torch.device) -> Iterato
         if cuda:
             torch.cuda.manual_seed(seed)
         yield
-
-
-def run_epochs(model: nn.Module, data: Split, cfg: TrainConfig, generator: torch.Generator,
-               opt: torch.optim.Optimizer, loss_fn: LossFn, step_fn: StepFn, batch_hook: BatchHook | None,
-               epoch_hook: Callable[[int], None] | None, bar: tqdm, desc: str) -> list[float]:
-    """The epochs of :func:`fit`; returns the mean loss of each."""
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total, step, history = cfg.epochs * steps_per_epoch, 0, []
-    for epoch in range(cfg.epochs):
-        if epoch_hook is not None:
-            epoch_hook(epoch)
-            model.train()
-        order = torch.randperm(len(data), generator=generator).to(data.device)
-        losses = []
-        for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = augment(data.x[idx], generator, cfg.crop_padding, cfg.flip)
-            y = data.y[idx]
-            if batch_hook is not None:
-                x, y = batch_hook(x, y, generator)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg, step, total)
-            loss = step_fn(model, opt, loss_fn, x.contiguous(memory_format=fmt), y, amp=cfg.amp)
-            losses.append(loss)
-            step += 1
-            bar.update()
-        history.append(float(torch.stack(losses).mean()))
-        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.3f}")
-        log.info("%s epoch %d/%d loss %.4f", desc, epoch + 1, cfg.epochs, history[-1])
-    return history
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, x: Tensor, y: Tensor,
