@@ -140,12 +140,12 @@ def run(case: dict, estimates: list[str], eps: float, steps: int, config: dict, 
                    "repair_seconds": seconds,
                    "check": {k: tac.stats_[k] for k in ("rounds", "held_out", "held_out_acc", "reverted", "residual")
                              if k in tac.stats_}}
-    if "rescan" in estimates and "rescan_relative" not in out:
-        rescan = TAC.from_dict({"repair": False}).fit(tac.model_, clean)
+    rescan = (TAC.from_dict({"repair": False}).fit(tac.model_, clean)  # the scan both estimates below read
+              if {"rescan", "stand-in"} & set(estimates) else None)
+    if rescan is not None and "rescan" in estimates and "rescan_relative" not in out:
         out.update(rescan_relative=rescan.scores()["relative"][target], rescan_flagged=rescan.targets_)
-    if "stand-in" in estimates and "stand_in_residual" not in out:
+    if rescan is not None and "stand-in" in estimates and "stand_in_residual" not in out:
         start = time.perf_counter()
-        rescan = TAC.from_dict({"repair": False}).fit(tac.model_, clean)
         shares = stand_in_shares(tac.model_, clean, rescan.scan_, eps, steps, seed)
         others = sorted(s for k, s in enumerate(shares) if k != target)
         out.update(stand_in_shares=shares, stand_in_residual=shares[target] - others[len(others) // 2],

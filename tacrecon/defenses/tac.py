@@ -40,9 +40,8 @@ from tacrecon.tac.residual import Residual, estimate_residual
 from tacrecon.tac.stand_in import BatchHook, stamp_stand_ins
 
 # settings that records of revisions <= 6 did not store: the values those revisions used (no self-check)
-_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0, "held_out": SelfCheckConfig().held_out,
-             **{f"check_{f.name}": getattr(SelfCheckConfig(), f.name) for f in fields(SelfCheckConfig)
-                if f.name != "held_out"}, "check_rounds": 0}
+_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0,
+             **{key: getattr(SelfCheckConfig(rounds=0), name) for key, (group, name) in FLAT.items() if group == "check"}}
 
 
 @DEFENSES.register("tac")
