@@ -34,7 +34,7 @@ from tacrecon.io import (
     read_json,
     save_checkpoint,
 )
-from tacrecon.metrics import accuracy, attack_rates
+from tacrecon.metrics import accuracy, backdoor_rates
 from tacrecon.models import load_checkpoint
 from tacrecon.recipes import build_model, default_train_config, model_kwargs
 
@@ -72,11 +72,13 @@ def is_current(out: str | Path) -> bool:
     return stored_revision(record) == ATTACKS.get(record["attack"]).revision
 
 
-def evaluate(model: nn.Module, attack: Attack, data: Dataset) -> dict[str, float | None]:
-    """ACC on the clean test split, and ASR / RA of ``attack`` (None for the ``none`` attack)."""
-    metrics: dict[str, float | None] = {"acc": accuracy(model, data.test), "asr": None, "ra": None}
+def evaluate(model: nn.Module, attack: Attack, data: Dataset) -> dict[str, Any]:
+    """ACC on the clean test split, and ASR / RA of every backdoor of ``attack`` (None for the
+    ``none`` attack): ``asr`` the worst (largest) over them, ``ra`` the worst (smallest), and
+    ``asr_per_backdoor`` / ``ra_per_backdoor`` ``{name: rate}``."""
+    metrics: dict[str, Any] = {"acc": accuracy(model, data.test), "asr": None, "ra": None}
     if attack.name != "none":
-        metrics["asr"], metrics["ra"] = attack_rates(model, data.test, attack, attack.label_map())
+        metrics.update(backdoor_rates(model, data.test, attack.backdoors()))
     return metrics
 
 

@@ -1,12 +1,15 @@
 """Clean accuracy (ACC), attack success rate (ASR), robust accuracy (RA) and DER.
 
 All rates are fractions in [0, 1]. ASR and RA are measured on the test images whose label the
-attack changes (for all-to-one: every image whose true label is not the target).
+attack changes (for all-to-one: every image whose true label is not the target). A model may hold
+several backdoors (:class:`Backdoor`); :func:`backdoor_rates` measures each, and the model's ASR is
+the worst (largest) of them, its RA the worst (smallest).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +63,46 @@ def attack_rates(model: nn.Module, data: Split, trigger: Trigger, label_map: Lab
         return float("nan"), float("nan")
     preds = predict(model, data.x[keep], batch_size, transform=trigger)
     return rate(preds == bad[keep]), rate(preds == data.y[keep])
+
+
+@dataclass(frozen=True)
+class Backdoor:
+    """One backdoor of a model: its trigger and the labels it sends the images to.
+
+    Attributes:
+        name: unique among the model's backdoors (the attack's name; ``<name>-><target>`` for a
+            member of a multi-target attack).
+        trigger: images (N, C, H, W) in [0, 1] -> the triggered images, same shape and range.
+        label_map: true labels (N,) -> the labels the attacker wants (N,).
+        target: the target class of an all-to-one backdoor; None for an all-to-all one.
+    """
+
+    name: str
+    trigger: Trigger
+    label_map: LabelMap
+    target: int | None
+
+
+def backdoor_rates(model: nn.Module, data: Split, backdoors: list[Backdoor],
+                   batch_size: int = 1024) -> dict[str, Any]:
+    """ASR and RA of every backdoor, and the worst of each (the model's ASR and RA).
+
+    Returns ``{"asr": max, "ra": min, "asr_per_backdoor": {name: ASR}, "ra_per_backdoor":
+    {name: RA}}``; a backdoor with no image to measure (NaN) counts in neither max nor min.
+    """
+    if not backdoors:
+        return {"asr": None, "ra": None}
+    rates = {b.name: attack_rates(model, data, b.trigger, b.label_map, batch_size) for b in backdoors}
+    asr = {name: r[0] for name, r in rates.items()}
+    ra = {name: r[1] for name, r in rates.items()}
+    return {"asr": worst(asr.values(), max), "ra": worst(ra.values(), min), "asr_per_backdoor": asr,
+            "ra_per_backdoor": ra}
+
+
+def worst(values: Any, pick: Callable[..., float]) -> float:
+    """``pick`` (max or min) of the non-NaN ``values``; NaN when all are NaN."""
+    kept = [v for v in values if v == v]
+    return pick(kept) if kept else float("nan")
 
 
 def der(acc_before: float, acc_after: float, asr_before: float, asr_after: float) -> float:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tacrecon.data.split import Split
-from tacrecon.metrics import accuracy, all2all, all2one, attack_rates, der, predict
+from tacrecon.metrics import Backdoor, accuracy, all2all, all2one, attack_rates, backdoor_rates, der, predict
 
 
 class Lookup(nn.Module):
@@ -56,6 +56,21 @@ def test_asr_all2all_uses_label_map():
 def test_asr_nan_when_nothing_eligible():
     asr, ra = attack_rates(Lookup(), split_of([0, 0], [0, 0]), trigger, all2one(0))
     assert math.isnan(asr) and math.isnan(ra)
+
+
+def test_backdoor_rates_gives_each_and_the_worst():
+    data = split_of([0, 1, 2, 3], [0, 1, 2, 3])
+    doors = [Backdoor("to0", trigger, all2one(0), 0), Backdoor("to2", trigger, all2one(2), 2),
+             Backdoor("next", trigger, all2all(4), None)]
+    out = backdoor_rates(Lookup(), data, doors)
+    # the trigger sends everything to 0: "to0" fully works, "to2" not at all, "next" on label 3 only
+    assert out["asr_per_backdoor"] == {"to0": 1.0, "to2": 0.0, "next": 0.25}
+    assert out["ra_per_backdoor"] == {"to0": 0.0, "to2": pytest.approx(1 / 3), "next": 0.25}
+    assert out["asr"] == 1.0 and out["ra"] == 0.0  # the worst of each
+    only_target = split_of([0, 0], [0, 0])  # "to0" has nothing to measure: it counts in neither
+    out = backdoor_rates(Lookup(), only_target, doors[:2])
+    assert math.isnan(out["asr_per_backdoor"]["to0"]) and out["asr"] == 0.0  # "to2"'s
+    assert backdoor_rates(Lookup(), data, []) == {"asr": None, "ra": None}
 
 
 @pytest.mark.parametrize("before,after,expected", [

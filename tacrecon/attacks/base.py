@@ -7,7 +7,9 @@ with that trigger; ``train`` runs the one training loop on ``training_set`` (by 
 poisoned split), and only attacks that co-train a generator override it. Attacks whose training
 images are not ``poison``'s (cover samples that carry a trigger and keep their label, a training
 trigger other than the test one) override ``training_set`` instead. Learned state goes through
-``state_dict`` / ``load_state_dict`` so an artifact keeps it.
+``state_dict`` / ``load_state_dict`` so an artifact keeps it. ``backdoors`` lists what the
+trained model should have learned (one trigger and label map here; several for ``multi``), and
+ASR is measured on each.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 from tacrecon.config import Config
 from tacrecon.data.split import Dataset, Split
 from tacrecon.errors import TacreconError
-from tacrecon.metrics import LabelMap, all2all, all2one
+from tacrecon.metrics import Backdoor, LabelMap, all2all, all2one
 from tacrecon.registry import Registry
 from tacrecon.train import TrainConfig, fit
 
@@ -88,6 +90,12 @@ class Attack(Config):
         """The label the attack wants for each true label."""
         return all2one(self.target) if self.label_mode == "all2one" else all2all(self.num_classes_)
 
+    def backdoors(self) -> list[Backdoor]:
+        """The backdoors the attacked model should hold: here one, this trigger and label map
+        (target None under all2all); bound first (``setup`` or ``bind``)."""
+        target = self.target if self.label_mode == "all2one" else None
+        return [Backdoor(self.name, self, self.label_map(), target)]
+
     # --- poisoning and training --------------------------------------------------------------
 
     def eligible(self, y: Tensor) -> Tensor:
@@ -96,9 +104,13 @@ class Attack(Config):
             return y == self.target
         return self.label_map()(y) != y
 
-    def poison_index(self, y: Tensor, generator: torch.Generator) -> Tensor:
-        """Sorted indices of round(rate * N) eligible samples, drawn with ``generator``."""
-        candidates = torch.nonzero(self.eligible(y).cpu()).flatten()
+    def poison_index(self, y: Tensor, generator: torch.Generator, exclude: Tensor | None = None) -> Tensor:
+        """Sorted indices of round(rate * N) eligible samples, drawn with ``generator``, none of
+        them where the boolean mask ``exclude`` (N,) is set (another backdoor's samples)."""
+        allowed = self.eligible(y).cpu()
+        if exclude is not None:
+            allowed = allowed & ~exclude.cpu()
+        candidates = torch.nonzero(allowed).flatten()
         n = round(self.rate * y.shape[0])
         if n > candidates.numel():
             raise TacreconError(f"rate {self.rate} asks for {n} samples but only {candidates.numel()} are eligible")
@@ -109,10 +121,15 @@ class Attack(Config):
         """The poisoned training split and the poisoned indices (K,); ``train`` is not modified."""
         idx = self.poison_index(train.y, generator).to(train.device)
         x, y = train.x.clone(), train.y.clone()
+        self.mark(x, y, idx)
+        return Split(x, y), idx
+
+    def mark(self, x: Tensor, y: Tensor, idx: Tensor) -> None:
+        """Stamp images ``x[idx]`` (N, C, H, W) with the trigger and relabel ``y[idx]`` (N,), in place
+        (a clean-label attack keeps the labels)."""
         x[idx] = self(x[idx])
         if not self.clean_label:
             y[idx] = self.label_map()(y[idx])
-        return Split(x, y), idx
 
     def training_set(self, train: Split, generator: torch.Generator) -> tuple[Split, Tensor]:
         """The split the model is trained on and the indices (K,) of its relabelled samples.

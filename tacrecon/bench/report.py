@@ -3,7 +3,8 @@
 Every cell shows ``ACC / ASR`` after the defense (percent); the best defense of each attacked row
 (highest mean DER over the row's seeds, above 0.5) is in bold. A second table gives the
 detection of the defenses that flag a class (TAC, NC): on backdoored models how often the attack's
-target was flagged, on clean models how often any class was (false positives). A third sets TAC
+targets were all flagged, on clean models how often any class was (false positives); where a model
+has several backdoors, ASR is the largest of theirs and a table gives each one's. A third sets TAC
 against the best other defense of each row (DER, margin, wins / loses); a fourth counts the
 attacked models each defense brings under the removal bar; a fifth gives the cost (hours of
 cells and attack models per defense). Files written into
@@ -20,102 +21,14 @@ import html
 import io
 import statistics
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tacrecon.bench.cells import FAILED_SUFFIX
+from tacrecon.bench.rows import Row, fmt, load_rows, order
 from tacrecon.errors import TacreconError
-from tacrecon.io import atomic_write_bytes, read_json
+from tacrecon.io import atomic_write_bytes
 from tacrecon.plots import plot_norms, png_bytes, pyplot
-
-
-@dataclass
-class Row:
-    """One finished cell, flattened."""
-
-    dataset: str
-    arch: str
-    attack: str  # the attack's folder: its name, with -<hash> when its parameters are overridden
-    seed: int
-    defense: str
-    acc: float
-    asr: float | None
-    ra: float | None
-    der: float | None
-    acc_before: float
-    asr_before: float | None
-    target: int | None
-    targets: list
-    attack_target: int
-    seconds: float
-    norms: list | None
-    relative: list | None = None  # norms over their median, and the same for TAC's robust look (revision 4+)
-    robust_relative: list | None = None
-    robust_bound: float | None = None
-    clean: bool = False  # the attack is ``none``: a flagged class is a false positive
-    defense_params: dict | None = None  # the overrides that a -<hash> in ``defense`` stands for
-    revision: int = 1  # the defense's code revision that made the cell (``Defense.revision``)
-    cell_seconds: float | None = None  # the whole cell (loading included); ``seconds`` is the defense's
-    attack_seconds: float | None = None  # the training of the cell's attack artifact
-    attack_revision: int = 1  # the attack's code revision that made the artifact (``Attack.revision``)
-
-
-def load_rows(out: str | Path) -> tuple[list[Row], int]:
-    """Every finished cell under ``out/cells`` and the number of failed ones.
-
-    A cell whose latest run failed counts as failed even where an older result of it (made under
-    another config or code revision) is still in place.
-    """
-    root = Path(out) / "cells"
-    if not root.is_dir():
-        raise TacreconError(f"{out}: no cells/ folder (not a bench output folder)")
-    rows, failed = [], 0
-    for path in sorted(root.rglob("*.json")):
-        if path.name.endswith(FAILED_SUFFIX):
-            failed += 1
-        elif not path.with_name(path.stem + FAILED_SUFFIX).exists():
-            rows.append(read_row(root, path))
-    return rows, failed
-
-
-def read_row(root: Path, path: Path) -> Row:
-    """The :class:`Row` of the cell result at ``path`` (``root``/dataset/arch/attack/seedN/defense.json)."""
-    parts = path.relative_to(root).parts
-    if len(parts) != 5 or not parts[3].startswith("seed") or not parts[3][4:].isdigit():
-        raise TacreconError(f"{path}: not a cell result (cells/<dataset>/<arch>/<attack>/seed<N>/<defense>.json)")
-    dataset, arch, attack, seed = parts[:4]
-    r = read_json(path)
-    try:
-        scores, made = r.get("scores") or {}, r.get("attack_record") or {}
-        config = r.get("defense_config") or {}
-        return Row(dataset, arch, attack, int(seed[4:]), path.stem, r["after"]["acc"], r["after"]["asr"],
-                   r["after"]["ra"], r["der"], r["before"]["acc"], r["before"]["asr"], r["target"], r["targets"],
-                   r["attack_target"], r["seconds"], scores.get("norms"), scores.get("relative"),
-                   # TAC's records of revisions <= 6 call the robust look the second one
-                   scores.get("robust_relative", scores.get("second_relative")),
-                   config.get("robust_max_relative", config.get("second_max_relative")),
-                   r["attack"] == "none", (r.get("request") or {}).get("defense_params"), r.get("defense_revision", 1),
-                   r.get("cell_seconds"), made.get("seconds"), made.get("attack_revision", 1))
-    except (KeyError, TypeError, AttributeError) as e:
-        raise TacreconError(f"{path}: not a cell result (missing or malformed {e})") from None
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def fmt(values: Sequence[float | None]) -> str:
-    """Percent, with +- std over seeds when there are several."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "-"
-    m, s = mean_std([100 * v for v in vals])
-    return f"{m:.1f}" if len(vals) == 1 else f"{m:.1f}±{s:.1f}"
-
-
-def order(names: set[str], first: Sequence[str]) -> list[str]:
-    return [n for n in first if n in names] + sorted(n for n in names if n not in first)
 
 
 def tables(rows: list[Row]) -> list[dict[str, Any]]:
@@ -181,10 +94,41 @@ def detection(rows: list[Row]) -> dict[str, Any] | None:
             elif key in clean:
                 cells.append(f"FP {sum(bool(r.targets) for r in group)}/{len(group)}")
             else:
-                cells.append(f"{sum(r.attack_target in r.targets for r in group)}/{len(group)}")
+                cells.append(detection_text(group))
         body.append([f"{key[0]}/{key[1]}", key[2], *cells])
     return {"title": "detection (target flagged / models; FP = clean models flagged)",
             "header": ["data/arch", "attack", *detectors], "body": body, "bold": [[] for _ in body]}
+
+
+def detection_text(group: list[Row]) -> str:
+    """``found/models`` (a model counts when every target of its attack was flagged), and for
+    attacks with several targets `` (flagged/targets targets)`` summed over the models."""
+    text = f"{sum(r.detected() for r in group)}/{len(group)}"
+    if all(len(r.attack_targets) <= 1 for r in group):
+        return text
+    flagged = sum(len(set(r.attack_targets) & set(r.targets)) for r in group)
+    return text + f" ({flagged}/{sum(len(r.attack_targets) for r in group)} targets)"
+
+
+def per_backdoor(rows: list[Row]) -> dict[str, Any] | None:
+    """ASR of each backdoor after each defense, for the models with several backdoors (the other
+    tables give the worst of them); None when there is no such model."""
+    several = [r for r in rows if r.asr_per_backdoor and len(r.asr_per_backdoor) > 1]
+    if not several:
+        return None
+    defenses = order({r.defense for r in several}, ["none", "tac"])
+    body = []
+    for key in sorted({(r.dataset, r.arch, r.attack) for r in several}):
+        sub = [r for r in several if (r.dataset, r.arch, r.attack) == key]
+        for name in dict.fromkeys(n for r in sub for n in r.asr_per_backdoor or {}):
+            cells = []
+            for d in defenses:
+                values = [(r.asr_per_backdoor or {}).get(name) for r in sub if r.defense == d]
+                cells.append(fmt(values) if values else "")
+            body.append([f"{key[0]}/{key[1]}", key[2], name, *cells])
+    return {"title": "ASR of each backdoor after each defense (%, mean±std over seeds; models with several "
+                     "backdoors, whose ASR in the tables above is the largest)",
+            "header": ["data/arch", "attack", "backdoor", *defenses], "body": body, "bold": [[] for _ in body]}
 
 
 def mean_der(group: list[Row]) -> float | None:
@@ -339,9 +283,10 @@ def csv_text(rows: list[Row]) -> str:
     fields = ["dataset", "arch", "attack", "seed", "defense", "acc_before", "asr_before", "acc", "asr", "ra", "der",
               "target", "attack_target", "seconds"]
     writer = csv.writer(buf)
-    writer.writerow(fields)
+    writer.writerow([*fields, "asr_per_backdoor"])
     for r in rows:
-        writer.writerow([getattr(r, f) for f in fields])
+        each = ";".join(f"{name}={value}" for name, value in (r.asr_per_backdoor or {}).items())
+        writer.writerow([*(getattr(r, f) for f in fields), each])
     return buf.getvalue()
 
 
@@ -352,7 +297,7 @@ def report_parts(out: Path) -> tuple[list[Row], str, list[dict[str, Any]], str |
         raise TacreconError(f"{out}: no finished cell to report" + (f" ({failed} failed)" if failed else ""))
     blocks = tables(rows)
     found = detection(rows)
-    extra = [t for t in (found, versus(rows), removal_bar(rows), cost(rows)) if t]
+    extra = [t for t in (found, per_backdoor(rows), versus(rows), removal_bar(rows), cost(rows)) if t]
     names = " ".join(t for t in (legend(rows), mixed_revisions(rows)) if t) or None
     note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
             + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds ([n]: over only n of the row's "

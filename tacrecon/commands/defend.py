@@ -3,9 +3,10 @@
 MODEL is anything ``scan`` takes (an attack artifact, a checkpoint, ``file.py:Name --weights W``,
 a BackdoorBench record). The output folder holds the defended model in the model's own format (a
 checkpoint of a registered architecture; for a user's module its state_dict, with the user's keys,
-as ``defended.safetensors``) and ``defense.json``, written last: ACC / ASR / RA before and after, DER, the detected class (if the
-defense detects), seconds per phase, the defense's config and provenance. A folder with a complete
-``defense.json`` of the same configuration is reused; one of another configuration is an error.
+as ``defended.safetensors``) and ``defense.json``, written last: ACC / ASR / RA before and after
+(ASR and RA per backdoor too), DER, the detected classes (if the defense detects), seconds per
+phase, the defense's config and provenance. A folder with a complete ``defense.json`` of the same
+configuration is reused; one of another configuration is an error.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tacrecon.metrics import der
 log = logging.getLogger(__name__)
 
 DEFENSE_JSON = "defense.json"
+BEFORE_KEYS = ("acc", "asr", "ra", "asr_per_backdoor", "ra_per_backdoor")  # the artifact's own measures
 
 
 def request_of(name: str, budget: str | None, overrides: dict[str, Any], clean_fraction: float | None,
@@ -55,9 +57,13 @@ def defend_artifact(defense: Defense, art: Artifact, data: Dataset, *, seed: int
     poisoned indices) and measure the model of ``art`` before and after; returns the record.
 
     "Before" is the artifact's own record (measured on the same test split when it was made).
+    ASR and RA are the worst over the attack's backdoors, with ``asr_per_backdoor`` and
+    ``ra_per_backdoor`` beside them (before: where the artifact recorded them; artifacts made
+    before per-backdoor rates existed have one backdoor, whose rates are ``asr`` and ``ra``);
+    ``attack_targets`` lists the target of every all-to-one backdoor, ``attack_target`` is the first.
     """
     clean = clean_subset(data.train, clean_fraction, clean_n, seed, art.poison_index)
-    before = {k: art.record[k] for k in ("acc", "asr", "ra")}
+    before = {k: art.record[k] for k in BEFORE_KEYS if k in art.record}
     defense.fit(art.model, clean, torch.Generator().manual_seed(seed))
     after = evaluate(defense.model_, art.attack, data)
     asr_before, asr_after = before["asr"], after["asr"]
@@ -65,8 +71,8 @@ def defend_artifact(defense: Defense, art: Artifact, data: Dataset, *, seed: int
                else der(before["acc"], after["acc"], asr_before, asr_after))
     return {**defense.record(), "attack": art.record["attack"], "dataset": art.record["dataset"],
             "arch": art.record["arch"], "attack_seed": art.record["seed"], "attack_target": art.attack.target,
-            "clean_samples": len(clean), "before": before, "after": after,
-            "der": removal}
+            "attack_targets": [b.target for b in art.attack.backdoors() if b.target is not None],
+            "clean_samples": len(clean), "before": before, "after": after, "der": removal}
 
 
 def run_defense(name: str, model: str | Path, out: str | Path, *, dataset: str | None = None,
