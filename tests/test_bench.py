@@ -83,6 +83,18 @@ def test_shipped_configs_load():
         assert expand(load_config(path)), path.name
 
 
+def test_the_adaptive_configs_plan_their_cells():
+    root = Path(__file__).parents[1] / "configs"
+    low = expand(load_config(root / "lowrate.yaml"))
+    assert len(low) == 54 and len({c.attack_dir for c in low}) == 9  # 3 rates x 3 attacks, 6 defenses each
+    assert {c.attack_params["rate"] for c in low} == {0.005, 0.01, 0.05}
+    assert {c.defense for c in low} == {"none", "tac", "ftsam", "nc", "sau", "fp"}
+    adaptive = expand(load_config(root / "adaptive.yaml"))
+    assert len(adaptive) == 18
+    modes = {(c.attack, c.attack_params.get("label_mode", "all2one")) for c in adaptive}
+    assert modes == {("multi", "all2one"), ("badnets", "all2all"), ("blended", "all2all")}
+
+
 def test_cell_paths_are_stable(tmp_path):
     cell = Cell("cifar10", "resnet_small", "badnets", 1, "tac", "cpu")
     assert cell.result_path(tmp_path) == tmp_path / "cells/cifar10/resnet_small/badnets/seed1/tac.json"
@@ -343,7 +355,7 @@ def test_two_workers(tmp_path):
 
 
 def hand_cell(out, attack, seed, defense, acc, asr, der, target=None, norms=None, folder=None, params=None,
-              dataset="cifar10", revision=1, attack_revision=1):
+              dataset="cifar10", revision=1, attack_revision=1, **extra):
     path = out / "cells" / dataset / "resnet_small" / (folder or attack) / f"seed{seed}" / f"{defense}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"attack": attack, "before": {"acc": 0.85, "asr": None if attack == "none" else 0.95},
@@ -351,8 +363,30 @@ def hand_cell(out, attack, seed, defense, acc, asr, der, target=None, norms=None
                                 "targets": [] if target is None else [target], "attack_target": 0, "seconds": 1.0,
                                 "scores": {"norms": norms} if norms else None,
                                 "request": {"defense_params": params or {}}, "defense_revision": revision,
-                                "attack_record": {"seconds": 60.0, "attack_revision": attack_revision}}))
+                                "attack_record": {"seconds": 60.0, "attack_revision": attack_revision}, **extra}))
     return path
+
+
+def test_report_gives_each_backdoor_and_every_target(tmp_path):
+    for seed, (left, flagged) in enumerate([(0.30, [7]), (0.10, [7, 1])]):
+        for defense, after in (("none", {"badnets->1": 0.96, "blended->7": 0.95}),
+                               ("tac", {"badnets->1": left, "blended->7": 0.02})):
+            path = hand_cell(tmp_path, "multi", seed, defense, 0.84, max(after.values()), 0.7,
+                             target=flagged[0] if defense == "tac" else None, attack_targets=[1, 7])
+            record = json.loads(path.read_text())
+            record["after"]["asr_per_backdoor"] = after
+            record["targets"] = flagged if defense == "tac" else []
+            path.write_text(json.dumps(record))
+        hand_cell(tmp_path, "badnets-a2a", seed, "tac", 0.84, 0.05, 0.9, target=3, attack_targets=[])
+    hand_cell(tmp_path, "badnets", 0, "tac", 0.84, 0.05, 0.9, target=0)  # an older record: one target, 0
+    md = write_report(tmp_path)["md"]
+    assert "| cifar10/resnet_small | multi | 1/2 (3/4 targets) |" in md  # both flagged in one model of two
+    assert "| cifar10/resnet_small | badnets-a2a | 2/2 |" in md  # all-to-all: any flagged class
+    assert "| cifar10/resnet_small | badnets | 1/1 |" in md
+    assert "| multi | 2 | 84.0±0.0 / 96.0±0.0 | 84.0±0.0 / 20.0±14.1 |" in md  # the worst backdoor's
+    assert "### ASR of each backdoor after each defense" in md
+    assert "| cifar10/resnet_small | multi | badnets->1 | 96.0±0.0 | 20.0±14.1 |" in md
+    assert "| cifar10/resnet_small | multi | blended->7 | 95.0±0.0 | 2.0±0.0 |" in md
 
 
 def test_report_on_a_hand_made_folder(tmp_path):
