@@ -105,6 +105,18 @@ def worst(values: Any, pick: Callable[..., float]) -> float:
     return pick(kept) if kept else float("nan")
 
 
+def per_backdoor_text(metrics: dict[str, Any], after: dict[str, Any] | None = None) -> str:
+    """The ASR of each backdoor for a one-line summary, ``" (ASR badnets->1 95.0%, blended->7 90.0%)"``
+    (``metrics`` alone) or ``" (ASR badnets->1 95.0% -> 1.0%, ...)"`` (before -> ``after``); empty
+    where a model has one backdoor or the records hold no per-backdoor rates."""
+    each = metrics.get("asr_per_backdoor") or {}
+    later = (after or {}).get("asr_per_backdoor") or {}
+    if len(each) < 2:
+        return ""
+    parts = [f"{name} {value:.1%}" + (f" -> {later[name]:.1%}" if name in later else "") for name, value in each.items()]
+    return " (ASR " + ", ".join(parts) + ")"
+
+
 def der(acc_before: float, acc_after: float, asr_before: float, asr_after: float) -> float:
     """Defense effectiveness rating, in [0, 1]: [max(0, dASR) - max(0, dACC) + 1] / 2.
 

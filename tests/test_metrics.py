@@ -7,7 +7,17 @@ import torch
 from torch import nn
 
 from tacrecon.data.split import Split
-from tacrecon.metrics import Backdoor, accuracy, all2all, all2one, attack_rates, backdoor_rates, der, predict
+from tacrecon.metrics import (
+    Backdoor,
+    accuracy,
+    all2all,
+    all2one,
+    attack_rates,
+    backdoor_rates,
+    der,
+    per_backdoor_text,
+    predict,
+)
 
 
 class Lookup(nn.Module):
@@ -71,6 +81,15 @@ def test_backdoor_rates_gives_each_and_the_worst():
     out = backdoor_rates(Lookup(), only_target, doors[:2])
     assert math.isnan(out["asr_per_backdoor"]["to0"]) and out["asr"] == 0.0  # "to2"'s
     assert backdoor_rates(Lookup(), data, []) == {"asr": None, "ra": None}
+
+
+def test_per_backdoor_text_names_each_backdoor_when_there_are_several():
+    before = {"asr": 0.95, "asr_per_backdoor": {"badnets->1": 0.95, "blended->7": 0.9}}
+    after = {"asr": 0.3, "asr_per_backdoor": {"badnets->1": 0.3, "blended->7": 0.01}}
+    assert per_backdoor_text(before) == " (ASR badnets->1 95.0%, blended->7 90.0%)"
+    assert per_backdoor_text(before, after) == " (ASR badnets->1 95.0% -> 30.0%, blended->7 90.0% -> 1.0%)"
+    assert per_backdoor_text({"asr": 0.9, "asr_per_backdoor": {"badnets": 0.9}}) == ""  # the ASR says it all
+    assert per_backdoor_text({"acc": 0.9}) == per_backdoor_text({"asr": None}, {}) == ""
 
 
 @pytest.mark.parametrize("before,after,expected", [
