@@ -1,7 +1,8 @@
 """What a defender can see of the backdoor left after TAC's repair, against the true ASR (tuning models).
 
 Usage: python benchmarks/tac_residual.py --data-root DIR [--models NAME ...] [--estimates rescan patch stand-in]
-                                         [--eps 0.05] [--steps 40] [--config KEY=VALUE ...] [--name tac_residual]
+                                         [--eps 0.05] [--steps 40] [--config KEY=VALUE ...] [--clean]
+                                         [--name tac_residual]
 
 Run it from the repository root (the tuning artifacts' paths are relative to it).
 
@@ -22,6 +23,9 @@ model is then examined with clean data only, by candidate estimates of the resid
 * ``patch``: the repair's own self-check (:func:`tacrecon.tac.residual.estimate_residual` with
   TAC's ``check`` settings): the best small masked patch for the target and for up to 9 other
   classes; the estimate is the target's success minus the other classes' median.
+
+``--clean`` adds the clean foreign models, repaired by mistake on the class their scan ranks
+cheapest: what a false alarm costs in accuracy.
 
 The true residual is the ASR on the test split with the model's own trigger; accuracy is reported
 on the test split and on 500 held-out training images (what a defender can measure). One JSON per
@@ -66,6 +70,8 @@ def foreign_case(folder: Path, root: str | None, datasets: dict) -> dict:
     data = datasets.setdefault(meta["dataset"], load_dataset(meta["dataset"], root=root))
     model = load_any(f"{FAMILY / 'nets.py'}:{meta['factory']}", weights=folder / "weights.safetensors",
                      num_classes=data.num_classes, dataset=meta["dataset"]).model
+    if meta["clean"]:
+        return clean_foreign_case(folder.name, model, data, meta["seed"])
     poisoned = triggers.poison_indices(data.train.y.cpu(), meta["target"], meta["rate"], meta["seed"])
     clean = clean_subset(data.train, 0.05, None, meta["seed"], poisoned)
     keep = data.test.y != meta["target"]
@@ -78,6 +84,17 @@ def foreign_case(folder: Path, root: str | None, datasets: dict) -> dict:
     return {"name": folder.name, "model": model, "clean": clean, "seed": meta["seed"], "target": meta["target"],
             "held": held_out(data.train, len(clean), 500, meta["seed"], poisoned), "rates": rates,
             "about": f"{meta['trigger']} at {meta['rate']:.0%}"}
+
+
+def clean_foreign_case(name: str, model: torch.nn.Module, data, seed: int) -> dict:
+    """A clean foreign model, repaired by mistake: its target is the class its scan ranks
+    cheapest (the class TAC would repair if it flagged one); it has no ASR."""
+    clean = clean_subset(data.train, 0.05, None, seed, torch.empty(0, dtype=torch.long))
+    relative = TAC.from_dict({"repair": False}).fit(model, clean).scores()["relative"]
+    target = min(range(len(relative)), key=lambda k: relative[k])
+    return {"name": name, "model": model, "clean": clean, "seed": seed, "target": target,
+            "held": held_out(data.train, len(clean), 500, seed, torch.empty(0, dtype=torch.long)),
+            "rates": lambda m: {"acc": accuracy(m, data.test)}, "about": "clean (repaired by mistake)"}
 
 
 def digits_case(seed: int, datasets: dict) -> dict:
@@ -129,7 +146,7 @@ def run(case: dict, estimates: list[str], eps: float, steps: int, config: dict, 
     start = time.perf_counter()
     tac = TAC.from_dict(config, force_target=target).fit(model, clean, torch.Generator().manual_seed(seed))
     seconds, after = time.perf_counter() - start, case["rates"](tac.model_)
-    if done is not None and abs(after["asr"] - done["after"]["asr"]) > 1e-6:
+    if done is not None and abs(after.get("asr", 0) - done["after"].get("asr", 0)) > 1e-6:
         # dropout draws from torch's global generator, so a process that repaired other models
         # first can come out differently: the earlier estimates belong to another model, start over
         print(f"{case['name']}: the repair came out differently from the stored one; starting over", flush=True)
@@ -157,7 +174,7 @@ def run(case: dict, estimates: list[str], eps: float, steps: int, config: dict, 
     return out
 
 
-def cases(root: str | None, wanted: list[str] | None):
+def cases(root: str | None, wanted: list[str] | None, clean_too: bool):
     datasets: dict = {}
     for seed in (100, 101, 102):
         if not wanted or f"own-digits-badnets-s{seed}" in wanted:
@@ -167,7 +184,7 @@ def cases(root: str | None, wanted: list[str] | None):
         if not wanted or name in wanted:
             yield name, lambda d=dataset, a=arch, t=attack, s=seed: own_case(d, a, t, s, root, datasets)
     for folder in sorted(p for p in (FAMILY / "models").iterdir() if (p / "model.json").is_file()):
-        if not read_json(folder / "model.json")["clean"] and (not wanted or folder.name in wanted):
+        if (clean_too or not read_json(folder / "model.json")["clean"]) and (not wanted or folder.name in wanted):
             yield folder.name, lambda f=folder: foreign_case(f, root, datasets)
 
 
@@ -179,13 +196,14 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
+    parser.add_argument("--clean", action="store_true", help="also repair the clean foreign models, by mistake")
     parser.add_argument("--name", default="tac_residual", help="result name (a folder of per-model JSON and a table)")
     args = parser.parse_args()
     config = parse_sets(args.config)
     torch.set_num_threads(1)
     folder = DOCS / args.name
     results = []
-    for name, make in cases(args.data_root, args.models):
+    for name, make in cases(args.data_root, args.models, args.clean):
         path = folder / f"{name}.json"
         done = read_json(path) if path.is_file() else None
         if done is not None and tuple(done.get(k, {}) for k in ("eps", "steps", "config")) != (args.eps, args.steps, config):
@@ -195,7 +213,7 @@ def main() -> None:
             atomic_write_json(path, run(make(), args.estimates, args.eps, args.steps, config, done))
         results.append(read_json(path))
         print(name, results[-1]["after"], results[-1].get("patch", {}).get("score"), flush=True)
-    rows = [[r["model"], r["about"], r["target"], f"{pct(r['before']['asr'])} -> {pct(r['after']['asr'])}",
+    rows = [[r["model"], r["about"], r["target"], change(r, "asr"),
              f"{pct(r['before']['acc'])} -> {pct(r['after']['acc'])}",
              f"{pct(r['held_acc']['before'])} -> {pct(r['held_acc']['after'])}", cell(r, "rescan_relative", "{:.2f}"),
              cell(r, "stand_in_residual", "{:+.3f}"), patch_cell(r), rounds_cell(r), f"{r['repair_seconds']:.0f}"]
@@ -212,6 +230,10 @@ def main() -> None:
     write_result(args.name, {"eps": args.eps, "steps": args.steps, "config": config,
                              "models": [r["model"] for r in results],
                              "spearman": {k: {"rho": v[0], "p": v[1], "n": v[2]} for k, v in rho.items()}}, table + note)
+
+
+def change(r: dict, key: str) -> str:
+    return f"{pct(r['before'][key])} -> {pct(r['after'][key])}" if key in r["after"] else "-"
 
 
 def cell(r: dict, key: str, fmt: str) -> str:
@@ -232,7 +254,7 @@ def rounds_cell(r: dict) -> str:
 
 def correlation(results: list[dict], estimate) -> tuple[float, float, int]:
     """(Spearman's rho, its p-value, n) of ``estimate`` against the true ASR over the results that have it."""
-    pairs = [(estimate(r), r["after"]["asr"]) for r in results if estimate(r) is not None]
+    pairs = [(estimate(r), r["after"]["asr"]) for r in results if estimate(r) is not None and "asr" in r["after"]]
     if len(pairs) < 3:
         return float("nan"), float("nan"), len(pairs)
     test = spearmanr([a for a, _ in pairs], [b for _, b in pairs])

@@ -7,7 +7,7 @@ from tacrecon.errors import TacreconError
 from tacrecon.metrics import predict
 from tacrecon.models import as_classifier, latents_of
 from tacrecon.tac.detect import reconstruct
-from tacrecon.tac.stand_in import search_stand_in, stamp_stand_ins
+from tacrecon.tac.stand_in import ChasingStandIns, search_stand_in, stamp_stand_ins
 
 
 def test_stand_in_trigger_is_bounded_and_reproduces_the_tac(planted):
@@ -41,3 +41,25 @@ def test_stamp_stand_ins_stamps_the_first_share_of_a_batch_in_turn():
     assert torch.equal(labels, y) and torch.equal(x, torch.full((10, 1, 2, 2), 0.5))  # the input is not modified
     assert out[:4, 0, 0, 0].tolist() == [0.75, 0.25, 0.75, 0.25] and bool((out[4:] == 0.5).all())
     assert torch.equal(stamp_stand_ins(deltas, 0.01)(x, y, torch.Generator())[0], x)  # a share under one image
+
+
+def test_chasing_stand_in_moves_towards_its_target_within_its_bound(planted):
+    art, clean = planted["badnets"]  # its backdoor's target is 0; the stand-in chases class 3
+    model = as_classifier(art.model).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    start = torch.zeros(1, *clean.x.shape[1:])
+    others = clean.x[clean.y != 3]
+
+    def hits(delta):
+        return float((predict(model, (others + delta).clamp(0, 1)) == 3).float().mean())
+
+    hook = ChasingStandIns(model, start, [3], share=0.5, eps=0.2, steps=1, step_size=0.05)
+    x, y = clean.x[:64], clean.y[:64]
+    for _ in range(10):
+        out, labels = hook(x, y, torch.Generator())
+    assert torch.equal(labels, y) and bool((start == 0).all())  # labels kept, the given stand-ins not modified
+    assert float(hook.deltas.abs().max()) <= 0.2 + 1e-6
+    assert torch.equal(out[:32], (x[:32] + hook.deltas).clamp(0, 1)) and torch.equal(out[32:], x[32:])
+    assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    # the chased stand-in now sends other classes' images to the target, where none went before
+    assert hits(torch.zeros(1)) < 0.05 and hits(hook.deltas[0]) > 0.3

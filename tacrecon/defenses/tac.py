@@ -35,12 +35,13 @@ from tacrecon.tac.config import (
     StandInConfig,
 )
 from tacrecon.tac.detect import ScanResult, latents_of, reconstruct, scan
-from tacrecon.tac.repair import plan_pruning, refresh_shifts, search_stand_ins, unlearn_loss
+from tacrecon.tac.repair import plan_pruning, refresh_shifts, search_patch_stand_ins, search_stand_ins, unlearn_loss
 from tacrecon.tac.residual import Residual, estimate_residual
-from tacrecon.tac.stand_in import BatchHook, stamp_stand_ins
+from tacrecon.tac.stand_in import BatchHook, ChasingStandIns, chain, stamp_patches, stamp_stand_ins
 
 # settings that records of revisions <= 6 did not store: the values those revisions used (no self-check)
-_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0,
+_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0, "stand_in_chase": 0,
+             "stand_in_chase_step": 0.01, "stand_in_patch": 0, "stand_in_patch_steps": 60, "stand_in_patch_lr": 0.3,
              **{key: getattr(SelfCheckConfig(rounds=0), name) for key, (group, name) in FLAT.items() if group == "check"}}
 
 
@@ -164,6 +165,7 @@ class TAC(FinetuneDefense):
             raise TacreconError(f"force_target {self.force_target} is not a class of this model "
                                 f"(0..{classifier.num_classes - 1})")
         self.stand_ins_: Tensor | None = None
+        self.patches_: tuple[Tensor, Tensor] | None = None
         self.pruned_: list[int] = []
         self.residuals_: list[dict[int, Residual]] = []
         self.teacher_: Classifier | None = None
@@ -227,7 +229,13 @@ class TAC(FinetuneDefense):
             stand_ins, stats = search_stand_ins(model, train, targets, found, self.stand_in, self.batch_size, generator)
             self.stand_ins_ = stand_ins if stand_ins is not None else self.stand_ins_
             self.stats_.update(stats)
-            hook = None if stand_ins is None else stamp_stand_ins(stand_ins, self.stand_in.share)
+            hook = None if stand_ins is None else self.stamp(model, stand_ins, stats["stand_in_targets"])
+            if self.stand_in.patch > 0:
+                masks, patterns, patch_stats = search_patch_stand_ins(model, train, targets, self.stand_in, generator)
+                self.patches_ = (masks, patterns)
+                self.stats_.update(patch_stats)
+                patches = stamp_patches(masks, patterns, self.stand_in.share, self.stand_in.share)
+                hook = patches if hook is None else chain(hook, patches)
         if self.method == "finetune":
             self.unlearn(model, train, targets, found.shifts[targets].float(), beta, generator, hook)
             return
@@ -244,6 +252,14 @@ class TAC(FinetuneDefense):
                                       self.detection.qp_quantile).shifts[targets].float()
                           if beta > 0 else head.weight.new_zeros(len(targets), d))
                 self.unlearn(model, train, targets, shifts, beta, generator, hook)
+
+    def stamp(self, model: Classifier, stand_ins: Tensor, targets: list[int]) -> BatchHook:
+        """The fine-tune's batch hook for the stand-ins (T, C, H, W) of ``targets``: fixed, or
+        chasing the model (``stand_in.chase`` > 0)."""
+        cfg = self.stand_in
+        if cfg.chase == 0:
+            return stamp_stand_ins(stand_ins, cfg.share)
+        return ChasingStandIns(model, stand_ins, targets, cfg.share, cfg.eps, cfg.chase, cfg.chase_step)
 
     def unlearn(self, model: Classifier, clean: Split, targets: list[int], shifts: Tensor, beta: float,
                 generator: torch.Generator, batch_hook: BatchHook | None) -> list[float]:

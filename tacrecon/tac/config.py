@@ -126,12 +126,24 @@ class PruneConfig(Config):
 class StandInConfig(Config):
     """The stand-in trigger (ours): per low-side target, the universal input perturbation of
     L-inf radius ``eps`` whose latent change reproduces s_t (``steps`` Adam steps at ``lr``);
-    the fine-tune adds it to ``share`` of every batch with the true labels kept. ``eps`` 0: off."""
+    the fine-tune adds it to ``share`` of every batch with the true labels kept. ``eps`` 0: off.
+    ``chase`` > 0: before stamping, the stand-in takes that many signed-gradient steps of
+    ``chase_step`` towards its target on the batch (:func:`~tacrecon.tac.stand_in.chase_stand_ins`),
+    so that it follows the model through the fine-tune. ``patch`` > 0: each target also gets a
+    patch stand-in, the most effective patch of that many pixels towards it
+    (:func:`~tacrecon.tac.residual.search_patch`, ``patch_steps`` Adam steps at ``patch_lr``),
+    stamped on the next ``share`` of every batch, labels kept (Neural Cleanse's unlearning with a
+    pixel budget instead of a minimized mask)."""
 
     eps: float = 0.1
     share: float = 0.2
     steps: int = 150
     lr: float = 0.05
+    chase: int = 0
+    chase_step: float = 0.01
+    patch: int = 0
+    patch_steps: int = 60
+    patch_lr: float = 0.3
 
     def validate(self) -> None:
         if not 0 <= self.eps <= 1 or not 0 < self.share < 1:
@@ -139,6 +151,13 @@ class StandInConfig(Config):
                                 f"{self.eps}, {self.share}")
         if self.steps < 1 or self.lr <= 0:
             raise TacreconError(f"need stand_in_steps >= 1 and stand_in_lr > 0, got {self.steps}, {self.lr}")
+        if self.patch < 0 or self.patch_steps < 1 or self.patch_lr <= 0 or (self.patch and self.share > 0.5):
+            raise TacreconError(f"need stand_in_patch >= 0, stand_in_patch_steps >= 1, stand_in_patch_lr > 0 and, "
+                                f"with patches, stand_in_share <= 0.5; got {self.patch}, {self.patch_steps}, "
+                                f"{self.patch_lr}, {self.share}")
+        if self.chase < 0 or self.chase_step <= 0:
+            raise TacreconError(f"need stand_in_chase >= 0 and stand_in_chase_step > 0, got {self.chase}, "
+                                f"{self.chase_step}")
 
 
 @dataclass
@@ -196,7 +215,9 @@ FLAT: dict[str, tuple[str, str]] = {
     "prior": ("prior", "mode"), "prior_ratio": ("prior", "ratio"), "prior_alpha": ("prior", "alpha"),
     **{f"prune_{name}": ("pruning", name) for name in ("stop", "step", "max", "rank")},
     "peak_max_drop": ("pruning", "peak_max_drop"),
-    **{f"stand_in_{name}": ("stand_in", name) for name in ("eps", "share", "steps", "lr")},
+    **{f"stand_in_{name}": ("stand_in", name) for name in ("eps", "share", "steps", "lr", "chase",
+                                                                                "chase_step", "patch", "patch_steps",
+                                                                                "patch_lr")},
     **{f"check_{name}": ("check", name) for name in ("rounds", "budget", "next", "margin", "pixels", "classes", "steps", "lr",
                                                       "batch_size")},
     "held_out": ("check", "held_out"),

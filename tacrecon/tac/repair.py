@@ -21,6 +21,7 @@ from tacrecon.models import Classifier
 from tacrecon.tac.config import DetectionConfig, PriorConfig, PruneConfig, RobustLookConfig, StandInConfig
 from tacrecon.tac.detect import ScanResult, class_prior, head_of, latents_of, reconstruct
 from tacrecon.tac.prune import prune_plan, prune_to_peak
+from tacrecon.tac.residual import inspecting, search_patch, stamped_share
 from tacrecon.tac.stand_in import search_stand_in, stand_in_success
 
 LossFn = Callable[[Classifier, Tensor, Tensor], Tensor]
@@ -140,3 +141,17 @@ def search_stand_ins(model: Classifier, clean: Split, targets: list[int], found:
         hits = [stand_in_success(model, clean, t, d) for t, d in zip(reachable, deltas)]
     return deltas, {"stand_in_seconds": time.perf_counter() - start, "stand_in_targets": reachable,
                     "stand_in_success": hits}
+
+
+def search_patch_stand_ins(model: Classifier, clean: Split, targets: list[int], cfg: StandInConfig,
+                           generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """A patch stand-in per target (masks (T, 1, H, W), patterns (T, C, H, W)): the most
+    effective patch of ``cfg.patch`` pixels towards it, searched on the model before any pruning,
+    and the search's stats (seconds, each patch's success on the clean images of other classes)."""
+    start = time.perf_counter()
+    with inspecting(model):
+        found = [search_patch(model, clean, t, cfg.patch, cfg.patch_steps, cfg.patch_lr, 64, generator)
+                 for t in targets]
+        hits = [stamped_share(model, clean.x[clean.y != t], m, p, t) for t, (m, p) in zip(targets, found)]
+    masks, patterns = torch.stack([m for m, _ in found]), torch.stack([p for _, p in found])
+    return masks, patterns, {"patch_seconds": time.perf_counter() - start, "patch_success": hits}

@@ -15,6 +15,8 @@ fits digits lets a patch send most CIFAR-10 images to any class.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -49,21 +51,35 @@ class Residual:
 
 def patch_success(model: Classifier, clean: Split, k: int, cfg: SelfCheckConfig, generator: torch.Generator) -> float:
     """The share of ``clean`` images outside class ``k`` that the best patch of at most
-    ``cfg.pixels`` pixels sends to ``k``: Adam on a mask (1, H, W) and a pattern (C, H, W) in
-    sigmoid space, the mask starting near 0, cross-entropy towards ``k`` plus a penalty on the
+    ``cfg.pixels`` pixels (:func:`search_patch`) sends to ``k``."""
+    others = clean.x[clean.y != k]
+    mask, pattern = search_patch(model, clean, k, cfg.pixels, cfg.steps, cfg.lr, cfg.batch_size, generator)
+    with torch.no_grad():
+        return stamped_share(model, others, mask, pattern, k)
+
+
+def search_patch(model: Classifier, clean: Split, k: int, pixels: int, steps: int, lr: float, batch_size: int,
+                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The most effective patch towards class ``k`` of at most ``pixels`` pixels: a mask (1, H, W)
+    and a pattern (C, H, W) in [0, 1] (for :func:`~tacrecon.data.augment.stamp`).
+
+    Adam on the mask and the pattern in sigmoid space, the mask starting near 0, cross-entropy
+    towards ``k`` on ``batch_size`` clean images outside ``k`` per step plus a penalty on the
     mask's sum above the budget; the final mask keeps only its ``pixels`` largest values, so the
-    budget holds exactly."""
+    budget holds exactly. Run it under :func:`inspecting` so that the model's batch statistics
+    and parameters are left alone.
+    """
     others = clean.x[clean.y != k]
     if others.shape[0] == 0:
-        raise TacreconError(f"the clean set has no image outside class {k} to check the repair on")
+        raise TacreconError(f"the clean set has no image outside class {k} to search a patch on")
     _, c, h, w = clean.x.shape
-    budget = min(cfg.pixels, h * w)
+    budget = min(pixels, h * w)
     mask_raw = torch.full((1, h, w), -6.0, device=clean.device, requires_grad=True)
     pattern_raw = torch.zeros(c, h, w, device=clean.device, requires_grad=True)
-    opt = torch.optim.Adam([mask_raw, pattern_raw], lr=cfg.lr)
-    labels = torch.full((cfg.batch_size,), k, device=clean.device)
-    for _ in range(cfg.steps):
-        x = others[torch.randint(others.shape[0], (cfg.batch_size,), generator=generator).to(clean.device)]
+    opt = torch.optim.Adam([mask_raw, pattern_raw], lr=lr)
+    labels = torch.full((batch_size,), k, device=clean.device)
+    for _ in range(steps):
+        x = others[torch.randint(others.shape[0], (batch_size,), generator=generator).to(clean.device)]
         mask, pattern = torch.sigmoid(mask_raw), torch.sigmoid(pattern_raw)
         loss = F.cross_entropy(model(stamp(x, mask, pattern)), labels[:x.shape[0]])
         loss = loss + F.relu(mask.sum() - budget) / budget
@@ -71,8 +87,7 @@ def patch_success(model: Classifier, clean: Split, k: int, cfg: SelfCheckConfig,
         loss.backward()
         opt.step()
     with torch.no_grad():
-        mask = hard_budget(torch.sigmoid(mask_raw), budget)
-        return stamped_share(model, others, mask, torch.sigmoid(pattern_raw), k)
+        return hard_budget(torch.sigmoid(mask_raw), budget), torch.sigmoid(pattern_raw)
 
 
 def hard_budget(mask: Tensor, budget: int) -> Tensor:
@@ -102,22 +117,28 @@ def compared_classes(num_classes: int, target: int, count: int, generator: torch
     return sorted(others[int(i)] for i in pick)
 
 
-def estimate_residual(model: Classifier, clean: Split, target: int, cfg: SelfCheckConfig | None = None,
-                      generator: torch.Generator | None = None) -> Residual:
-    """The residual estimate of ``target`` on ``model`` (eval mode; not modified) with ``clean``."""
-    cfg = cfg or SelfCheckConfig()
-    generator = generator or torch.Generator().manual_seed(0)
+@contextmanager
+def inspecting(model: Classifier) -> Iterator[Classifier]:
+    """``model`` in eval mode with its parameters' gradients off, both given back on exit."""
     was_training, grads = model.training, [p.requires_grad for p in model.parameters()]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        present = set(clean.y.unique().tolist())
-        compared = [k for k in compared_classes(model.num_classes, target, cfg.classes, generator) if k in present]
-        residual = Residual(target, patch_success(model, clean, target, cfg, generator),
-                            {k: patch_success(model, clean, k, cfg, generator) for k in compared})
+        yield model
     finally:
         for p, grad in zip(model.parameters(), grads):
             p.requires_grad_(grad)
         model.train(was_training)
-    return residual
+
+
+def estimate_residual(model: Classifier, clean: Split, target: int, cfg: SelfCheckConfig | None = None,
+                      generator: torch.Generator | None = None) -> Residual:
+    """The residual estimate of ``target`` on ``model`` (eval mode; not modified) with ``clean``."""
+    cfg = cfg or SelfCheckConfig()
+    generator = generator or torch.Generator().manual_seed(0)
+    with inspecting(model):
+        present = set(clean.y.unique().tolist())
+        compared = [k for k in compared_classes(model.num_classes, target, cfg.classes, generator) if k in present]
+        return Residual(target, patch_success(model, clean, target, cfg, generator),
+                        {k: patch_success(model, clean, k, cfg, generator) for k in compared})

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from tacrecon.data.augment import add_clipped
+from tacrecon.data.augment import add_clipped, stamp
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.metrics import predict, rate
@@ -59,6 +60,29 @@ def stand_in_success(model: Classifier, clean: Split, target: int, delta: Tensor
     return rate(predict(model, others, transform=lambda x: add_clipped(x, delta)) == target)
 
 
+def stamp_patches(masks: Tensor, patterns: Tensor, share: float, start: float) -> BatchHook:
+    """A batch hook: the part of every (shuffled) batch from ``start`` to ``start + share`` gets
+    one of the patches (masks (T, 1, H, W), patterns (T, C, H, W)) stamped, in turn; labels kept."""
+    def hook(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        first, n = round(start * x.shape[0]), round(share * x.shape[0])
+        if n == 0:
+            return x, y
+        x = x.clone()
+        which = torch.arange(n, device=x.device) % masks.shape[0]
+        x[first:first + n] = stamp(x[first:first + n], masks.to(x)[which], patterns.to(x)[which])
+        return x, y
+    return hook
+
+
+def chain(*hooks: BatchHook) -> BatchHook:
+    """One batch hook that applies ``hooks`` in order."""
+    def hook(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        for h in hooks:
+            x, y = h(x, y, generator)
+        return x, y
+    return hook
+
+
 def stamp_stand_ins(deltas: Tensor, share: float) -> BatchHook:
     """A batch hook for :func:`~tacrecon.train.fit`: the first ``share`` of every (shuffled) batch
     gets one of the stand-in triggers ``deltas`` (T, C, H, W) added, in turn, clipped to [0, 1];
@@ -72,3 +96,52 @@ def stamp_stand_ins(deltas: Tensor, share: float) -> BatchHook:
         x[:n] = add_clipped(x[:n], deltas.to(x)[which])
         return x, y
     return hook
+
+
+class ChasingStandIns:
+    """A batch hook like :func:`stamp_stand_ins` whose stand-ins (T, C, H, W) follow the model.
+
+    Before stamping, each stand-in takes ``steps`` signed-gradient steps of ``step_size`` towards
+    its target on the batch's images outside that target (cross-entropy to the target, the model
+    in eval mode so that its batch statistics are untouched), kept within ``eps``: universal
+    adversarial training restricted to the flagged targets. A fixed stand-in is searched once,
+    on the model before the repair; once the fine-tune has taught the body to ignore it, the
+    backdoor's other ways into the target are left. ``deltas`` is the current stand-ins (a copy
+    of the given ones).
+    """
+
+    def __init__(self, model: Classifier, deltas: Tensor, targets: list[int], share: float, eps: float, steps: int,
+                 step_size: float) -> None:
+        self.model, self.deltas, self.share = model, deltas.detach().clone(), share
+        self.goal = torch.tensor(targets, dtype=torch.long)
+        self.eps, self.steps, self.step_size = eps, steps, step_size
+
+    def __call__(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        n = round(self.share * x.shape[0])
+        if n == 0:
+            return x, y
+        which = torch.arange(n, device=x.device) % self.deltas.shape[0]
+        want = self.goal.to(x.device)[which]
+        use = y[:n] != want
+        if self.steps > 0 and bool(use.any()):
+            chase(self.model, x[:n][use], want[use], which[use], self.deltas, self.eps, self.steps, self.step_size)
+        x = x.clone()
+        x[:n] = add_clipped(x[:n], self.deltas.to(x)[which])
+        return x, y
+
+
+def chase(model: Classifier, x: Tensor, want: Tensor, which: Tensor, deltas: Tensor, eps: float, steps: int,
+          step_size: float) -> None:
+    """``steps`` signed-gradient steps on ``deltas`` (T, C, H, W), in place, that lower the
+    cross-entropy of ``model`` towards ``want`` (n,) on ``x`` (n, C, H, W) stamped with
+    ``deltas[which]``; the parameters get no gradient."""
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(steps):
+            delta = deltas.to(x).clone().requires_grad_(True)
+            loss = F.cross_entropy(model(add_clipped(x, delta[which])), want)
+            grad, = torch.autograd.grad(loss, delta)
+            deltas.sub_(step_size * grad.sign().to(deltas)).clamp_(-eps, eps)
+    finally:
+        model.train(was_training)
