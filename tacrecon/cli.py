@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from tacrecon.errors import TacreconError
+from tacrecon.metrics import per_backdoor_text
 from tacrecon.page import check_summary, verdict
 
 log = logging.getLogger("tacrecon")
@@ -185,7 +186,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         train["epochs"] = args.epochs
     r = run_attack(name, args.dataset, args.arch, args.out, root=args.data_root, device=pick_device(args.device),
                    seed=args.seed, config=config, train=train)
-    asr = "" if r["asr"] is None else f", ASR {r['asr']:.2%}, RA {r['ra']:.2%}"
+    asr = "" if r["asr"] is None else f", ASR {r['asr']:.2%}, RA {r['ra']:.2%}{per_backdoor_text(r)}"
     print(f"{name} on {args.dataset}/{args.arch}: ACC {r['acc']:.2%}{asr} ({r['seconds']:.0f} s) -> {args.out}")
     return 0
 
@@ -218,6 +219,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     line = f"ACC {b['acc']:.2%} -> {a['acc']:.2%}"
     if "asr" in b:
         line += f", ASR {b['asr']:.2%} -> {a['asr']:.2%}, RA {b['ra']:.2%} -> {a['ra']:.2%}, DER {r['der']:.3f}"
+        line += per_backdoor_text(b, a)
     forced = r["defense_config"]["force_target"]
     print(("repaired" + (f" (class {forced}, forced)" if forced >= 0 else "") + ": " if r["repaired"]
            else "left unchanged: ") + line + f" -> {args.out}")
@@ -238,6 +240,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
     line = f"ACC {b['acc']:.2%} -> {a['acc']:.2%}"
     if b.get("asr") is not None:
         line += f", ASR {b['asr']:.2%} -> {a['asr']:.2%}, RA {b['ra']:.2%} -> {a['ra']:.2%}, DER {r['der']:.3f}"
+        line += per_backdoor_text(b, a)
     found = "" if r["target"] is None else f", flagged class {r['target']}"
     what = f"{r['attack']} ({r['dataset']}/{r['arch']})" if "attack" in r else f"{args.model} ({r['dataset']})"
     print(f"{args.name} on {what}: {line}{found} ({r['seconds']:.0f} s) -> {args.out}")
