@@ -101,12 +101,12 @@ def test_grond_reaches_a_non_trivial_asr_on_digits(digits):
     """A 3-epoch surrogate, all the digit-0 images poisoned, the victim resnet_small (width 8)
     for 6 epochs with ABI after each. The digits' strokes shrug off an 8/255 perturbation (ASR
     0.00, the TUAP fools 0% of the surrogate's images), so the test widens the budget to 64/255.
-    Measured: ASR 0.33, most of it the TUAP's own transfer (a clean model of the same seed: 0.31);
-    ABI reset 1-3 channels after each epoch."""
+    Measured: ASR 0.40, most of it the TUAP's own transfer (a clean model of the same seed: 0.31);
+    ABI reset one channel in all."""
     attack = ready(digits, rate=0.1, eps=64 / 255, step_size=64 / 255 / 5, uap_epochs=30.0, surrogate_epochs=3)
     model = build_model("resnet_small", model_kwargs("resnet_small", digits, width=8), seed=0)
     cfg = default_train_config("digits", epochs=6, batch_size=64, progress=False)
     attack.train(model, digits.train, cfg, torch.Generator().manual_seed(0))
     asr, _ = attack_rates(model, digits.test, attack, attack.label_map())
-    assert asr > 0.25, f"ASR {asr:.3f}"
-    assert len(attack.abi_resets_) == 6 and sum(attack.abi_resets_) > 0
+    assert asr > 0.3, f"ASR {asr:.3f}"
+    assert len(attack.abi_resets_) == 6  # one ABI round after each epoch
