@@ -10,8 +10,9 @@ sees nothing. Here the same QP is restricted to the clean samples of one source 
 a (C, C) matrix of norms. It is exact and reuses :func:`tacrecon.qp.solve_latent_qp`: one call per
 source solves that source's C - 1 targets (the offsets of the call are the max-plus product over
 the source's samples only; the Gram matrix is the head's), so the whole matrix costs about one
-scan's offsets (n C^2) plus C (C - 1) small active-set solves: 0.03 s at C = 10 and 0.1-0.3 s at
-C = 43 on one CPU thread (docs/benchmarks/tac_pairwise.md).
+scan's offsets (n C^2) plus C (C - 1) small active-set solves: with 250 clean latents a class
+(d = 512), 0.04 s at C = 10 and 0.7 s at C = 43 on one CPU thread; 0.2 s on GTSRB's 5% clean set
+(docs/benchmarks/tac_pairwise.md).
 
 The statistic (ours; no paper defines one). Each row is divided by its median, which removes the
 spread of the source class (a source with few or tightly packed samples is cheap to move
@@ -25,9 +26,14 @@ antisymmetric part
 large when s reaches t more cheaply than its typical target while t reaches s at its typical cost.
 Two tests read it: the *spread* (the median over sources of each source's best score) is large
 when many sources each have a cheap target (all-to-all, and an all-to-one target, whose column is
-cheap from every row); a single pair above ``pair_threshold`` is the source-specific case. What
-the tuning models say about both (weak: docs/benchmarks/tac_pairwise.md): this look is off by
-default.
+cheap from every row); a single pair above ``pair_threshold`` is the source-specific case.
+
+What the tuning models say (docs/benchmarks/tac_pairwise.md): at thresholds just above the 17
+clean tuning models' largest values, it finds 3 of 6 digits all-to-all models, none of 3 TaCT
+models, and the target column of 4 of 22 foreign all-to-one models. The reason is in the latent
+space: a trigger moves a source's latents about twice as far as the cheapest natural path to the
+target, so the minimal shift of a backdoor pair is a natural one and is barely cheaper than the
+other pairs. The look is therefore off by default and not part of the scan.
 
 Shape conventions: C classes, N clean samples, d latent units.
 """
