@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 @ATTACKS.register("grond")
 @dataclass
 class Grond(Attack):
-    """Grond (Xu et al. 2025, "Towards Backdoor Stealthiness in Model Parameter Space", CCS,
-    https://arxiv.org/abs/2501.05928), as the authors' code does it (xiaoyunxxy/parameter_backdoor:
+    """Grond ("Towards Backdoor Stealthiness in Model Parameter Space", CCS 2025,
+    https://arxiv.org/abs/2501.05928), as the authors' code does it (repository ``parameter_backdoor``:
     ``generate_upgd.py``, ``poison_loader.py``, ``train.py``, ``lipschitzness_pruning.py``).
 
     The trigger is a targeted universal adversarial perturbation (TUAP) ``delta`` of a clean

@@ -42,9 +42,9 @@ def corner_signs(trigger: str, h: int, w: int) -> Tensor:
 @ATTACKS.register("lc")
 @dataclass
 class LabelConsistent(Attack):
-    """LC (Turner, Tsipras and Madry 2019, "Label-Consistent Backdoor Attacks",
-    https://arxiv.org/abs/1912.02771), with the settings of BackdoorBench (``attack/lc.py``,
-    ``utils/bd_img_transform/lc.py``, ``resource/label-consistent``) and the authors' code.
+    """LC ("Label-Consistent Backdoor Attacks", 2019, https://arxiv.org/abs/1912.02771), with the
+    settings of BackdoorBench (``attack/lc.py``, ``utils/bd_img_transform/lc.py``,
+    ``resource/label-consistent``) and the authors' code (``label-consistent-backdoor-code``).
 
     Clean-label: the poisoned images are target-class images, labels kept. Each is first made hard
     to classify, so that the model has to lean on the trigger to fit it: untargeted L-infinity PGD
@@ -54,7 +54,8 @@ class LabelConsistent(Attack):
     flip-robust trigger; ``bottom_right``, one copy): ``x' + amplitude * s`` clipped to [0, 1],
     with s in {-1, 0, +1} per pixel and the same on every channel. At test time the pattern is
     added at full amplitude (white and black pixels) to clean images. Other image sizes get the
-    32x32 layout resized with nearest-neighbour sampling, as BackdoorBench does (2x2 corners at 16x16).
+    32x32 layout resized with nearest-neighbour sampling, as BackdoorBench does (at 16x16 a corner keeps
+    1 to 4 of its pixels).
 
     Defaults: BackdoorBench's CIFAR-10 setting: ``rate`` 0.1 of the whole training split (its
     ``pratio``; on CIFAR-10 every target image), PGD eps 16/255 (the perturbed set its ``lc.py``
@@ -66,8 +67,8 @@ class LabelConsistent(Attack):
     Differences from the paper and BackdoorBench:
 
     * The surrogate. The paper and BackdoorBench perturb with an adversarially trained ResNet-18
-      (BackdoorBench ships its PGD-trained weights). Adversarial training costs ~10x a normal run
-      on a CPU, so we train a clean ``surrogate_arch`` (the CPU protocol's own architecture) on
+      (BackdoorBench loads PGD-trained weights). Adversarial training (PGD-7) costs about 8x a
+      normal run, so we train a clean ``surrogate_arch`` (the CPU protocol's own architecture) on
       the same clean training split for ``surrogate_epochs`` epochs of the dataset's recipe, with
       :func:`tacrecon.train.fit`, inside :meth:`training_set`. Its seed is drawn from the run's
       generator; it is discarded after use (the adversarial images are rebuilt from the seed).
