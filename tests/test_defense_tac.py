@@ -119,6 +119,29 @@ def test_stand_in_repair_keeps_the_stand_ins_and_stamps_the_fine_tune(planted, m
             TAC.from_dict(bad)
 
 
+def test_patch_and_chasing_stand_ins_are_searched_and_stamped(planted, monkeypatch):
+    art, clean = planted["badnets"]
+    seen = []
+    real = finetune_module.fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("batch_hook"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(finetune_module, "fit", spy)
+    tac = make_tac(epochs=1, stand_in_steps=5, stand_in_patch=4, stand_in_patch_steps=10, stand_in_chase=1,
+                   stand_in_share=0.3).fit(art.model, clean, torch.Generator().manual_seed(0))
+    masks, patterns = tac.patches_
+    assert masks.shape == (1, 1, *clean.x.shape[2:]) and patterns.shape == (1, *clean.x.shape[1:])
+    assert int((masks > 0).sum()) <= 4 and 0 <= tac.stats_["patch_success"][0] <= 1
+    x, y = clean.x[:10], clean.y[:10]
+    out, labels = seen[-1](x, y, torch.Generator())
+    assert torch.equal(labels, y) and torch.equal(out[6:], x[6:])  # a share each: 3 stand-in, 3 patch images
+    changed = (out != x).flatten(1)
+    assert bool(changed[3:6].sum(1).le(4 * x.shape[1]).all()) and bool(changed[:3].any(1).all())
+    with pytest.raises(TacreconError, match="stand_in_share <= 0.5"):
+        TAC.from_dict({"stand_in_patch": 9, "stand_in_share": 0.6})
+
+
 def test_repair_writes_the_stand_in_beside_the_repaired_model(planted, tmp_path):
     from tacrecon.commands.repair import run_repair
 

@@ -7,7 +7,7 @@ from tacrecon.errors import TacreconError
 from tacrecon.metrics import predict
 from tacrecon.models import as_classifier, latents_of
 from tacrecon.tac.detect import reconstruct
-from tacrecon.tac.stand_in import ChasingStandIns, search_stand_in, stamp_stand_ins
+from tacrecon.tac.stand_in import ChasingStandIns, search_stand_in, stamp_patches, stamp_stand_ins
 
 
 def test_stand_in_trigger_is_bounded_and_reproduces_the_tac(planted):
@@ -63,3 +63,14 @@ def test_chasing_stand_in_moves_towards_its_target_within_its_bound(planted):
     assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     # the chased stand-in now sends other classes' images to the target, where none went before
     assert hits(torch.zeros(1)) < 0.05 and hits(hook.deltas[0]) > 0.3
+
+
+def test_stamp_patches_stamps_its_share_after_the_start_in_turn():
+    masks = torch.zeros(2, 1, 2, 2)
+    masks[:, 0, 0, 0] = 1.0
+    patterns = torch.stack([torch.ones(1, 2, 2), torch.zeros(1, 2, 2)])
+    x, y = torch.full((10, 1, 2, 2), 0.5), torch.arange(10)
+    out, labels = stamp_patches(masks, patterns, 0.2, 0.3)(x, y, torch.Generator())
+    assert torch.equal(labels, y) and torch.equal(x, torch.full((10, 1, 2, 2), 0.5))
+    assert out[3:5, 0, 0, 0].tolist() == [1.0, 0.0]  # images 3 and 4, the patches in turn, one pixel each
+    assert bool((out[3:5, 0, 1:] == 0.5).all()) and torch.equal(out[:3], x[:3]) and torch.equal(out[5:], x[5:])
