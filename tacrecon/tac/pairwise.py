@@ -30,10 +30,12 @@ cheap from every row); a single pair above ``pair_threshold`` is the source-spec
 
 What the tuning models say (docs/benchmarks/tac_pairwise.md): at thresholds just above the 17
 clean tuning models' largest values, it finds 3 of 6 digits all-to-all models, none of 3 TaCT
-models, and the target column of 4 of 22 foreign all-to-one models. The reason is in the latent
-space: a trigger moves a source's latents about twice as far as the cheapest natural path to the
-target, so the minimal shift of a backdoor pair is a natural one and is barely cheaper than the
-other pairs. The look is therefore off by default and not part of the scan.
+models, and the target column of 4 of 22 foreign all-to-one models. A backdoor pair is only
+somewhat cheaper than its source's other pairs (median score 0.21-0.37 on the all-to-all models, at most
+0.25 on TaCT's), about as much as the most similar classes of a clean CIFAR-10 or GTSRB model are
+(up to 0.52); the minimal shift is not the trigger's own path either (the real trigger moves a
+source's latents 1.6-2.4 times as far, all-to-one BadNets included). The look is therefore off
+by default and not part of the scan.
 
 Shape conventions: C classes, N clean samples, d latent units.
 """
