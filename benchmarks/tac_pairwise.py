@@ -186,6 +186,19 @@ def sweep_rows(results: list[dict]) -> list[list]:
     return rows
 
 
+def leave_one_out(results: list[dict]) -> dict[str, int]:
+    """Clean models that a threshold set just above the *other* clean models would flag: how often
+    a zero-false-positive threshold chosen on 16 models fails on a 17th (per test, and either)."""
+    clean = [r for r in results if r["info"]["kind"] == "clean"]
+    out = {"spread": 0, "pair": 0, "either": 0}
+    for i, r in enumerate(clean):
+        others = clean[:i] + clean[i + 1:]
+        spread = r["spread"] > max(o["spread"] for o in others)
+        pair = r["max_score"] > max(o["max_score"] for o in others)
+        out["spread"], out["pair"], out["either"] = out["spread"] + spread, out["pair"] + pair, out["either"] + (spread or pair)
+    return out
+
+
 def summary_rows(results: list[dict]) -> list[list]:
     """Per group: models, flagged at all, detected, and the default scan's flags."""
     rows = []
@@ -227,9 +240,12 @@ def main() -> None:
     for c in sorted({r["classes"] for r in results}):
         speed[f"tuning models C={c} (mean)"] = float(np.mean([r["seconds"] for r in results if r["classes"] == c]))
     clean = [r for r in results if r["info"]["kind"] == "clean"]
-    limits = {"clean_max_spread": max(r["spread"] for r in clean), "clean_max_pair": max(r["max_score"] for r in clean)}
+    limits = {"clean_max_spread": max(r["spread"] for r in clean), "clean_max_pair": max(r["max_score"] for r in clean),
+              "leave_one_out": leave_one_out(results)}
     text = (f"Settings: {cfg.to_dict()}. The clean models' largest spread {limits['clean_max_spread']:.3f} and largest "
-            f"pair score {limits['clean_max_pair']:.3f} (the thresholds sit just above them). Seconds of the "
+            f"pair score {limits['clean_max_pair']:.3f} (the thresholds sit just above them). Left out one at a time, a "
+            f"threshold set above the other clean models flags {limits['leave_one_out']} of {len(clean)} (the "
+            f"false-positive rate to expect on new clean models). Seconds of the "
             f"pairwise QPs and tests, one thread (synthetic: 250 latents a class, d = 512; the tuning models: their "
             f"clean sets, the forward pass not counted): " + ", ".join(f"{k}: {v:.2f} s" for k, v in speed.items())
             + ". Detected: a flagged pair is one of the backdoor's (all-to-one: any pair into the target), or, "
