@@ -42,6 +42,7 @@ Shape conventions: C classes, N clean samples, d latent units.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,7 +146,7 @@ class PairwiseResult:
         all_to_all: whether the spread test fired.
         flagged: flagged (source, target) pairs, highest score first.
         iterations: total active-set iterations.
-        seconds: wall time of the look (latents, QPs and tests).
+        seconds: wall time of the look (the latents when computed here, the QPs, the tests).
     """
 
     norms: Tensor
@@ -165,11 +166,12 @@ class PairwiseResult:
     def record(self) -> dict[str, Any]:
         """The result as JSON-ready lists (NaN and inf as None)."""
         def clean(t: Tensor) -> list:
-            return [[v if v == v and abs(v) != float("inf") else None for v in row] for row in t.tolist()]
+            return [[v if math.isfinite(v) else None for v in row] for row in t.tolist()]
 
         return {"pairwise_norms": clean(self.norms), "pairwise_relative": clean(self.relative),
-                "pairwise_scores": clean(self.scores), "pairwise_spread": None if self.spread != self.spread
-                else self.spread, "pairwise_all_to_all": self.all_to_all,
+                "pairwise_scores": clean(self.scores),
+                "pairwise_spread": self.spread if math.isfinite(self.spread) else None,
+                "pairwise_all_to_all": self.all_to_all,
                 "pairwise_flagged": [list(p) for p in self.flagged], "pairwise_iterations": self.iterations,
                 "pairwise_seconds": self.seconds}
 
