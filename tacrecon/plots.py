@@ -108,6 +108,27 @@ def plot_stand_ins(deltas: Tensor, targets: Sequence[int], path: str | Path | No
     return written(png_bytes(fig), path)
 
 
+def plot_patches(masks: Tensor, patterns: Tensor, targets: Sequence[int], path: str | Path | None,
+                 classes: Sequence[str] | None = None, images: Tensor | None = None) -> bytes:
+    """The patch stand-ins of a TAC repair (masks (T, 1, H, W), patterns (T, C, H, W), one per
+    target), each shown as mask * pattern on mid-grey, one row per target; with clean ``images``
+    (k, C, H, W), each of them beside it with the patch stamped. The PNG's bytes, also written
+    to ``path`` unless it is None."""
+    k = 0 if images is None else images.shape[0]
+    fig, axes = pyplot().subplots(len(targets), 1 + 2 * k, figsize=(2.2 * (1 + 2 * k), 2.5 * len(targets)),
+                                  squeeze=False)
+    for row, t, m, p in zip(axes, targets, masks, patterns):
+        m, p = m.detach().float().cpu(), p.detach().float().cpu()
+        show(row[0], (1 - m) * 0.5 + m * p,
+             f"class {t}" + (f" ({classes[t]})" if classes is not None else "") + f"\n{int((m > 0).sum())} pixels")
+        for i in range(k):
+            x = images[i].detach().float().cpu()  # type: ignore[index]
+            show(row[1 + 2 * i], x, "clean image")
+            show(row[2 + 2 * i], (1 - m) * x + m * p, "with the patch")
+    fig.tight_layout()
+    return written(png_bytes(fig), path)
+
+
 def plot_scan(record: dict[str, Any], path: str | Path | None) -> bytes:
     """The per-class scores of a TAC run's record (``scan`` or ``repair``), flagged classes in red,
     titled with the verdict: both looks, each norm over its median, where the robust look ran.

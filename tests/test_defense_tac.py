@@ -153,6 +153,11 @@ def test_repair_writes_the_stand_in_beside_the_repaired_model(planted, tmp_path)
     r = run_repair(model, "digits", tmp_path / "without", config={"epochs": 1, "stand_in_eps": 0.0},
                    clean_fraction=0.2, seed=100)
     assert "stand_in" not in r and not (tmp_path / "without" / "stand_in.png").exists()
+    r = run_repair(model, "digits", tmp_path / "patch", config={"epochs": 1, "stand_in_steps": 5, "stand_in_patch": 4,
+                                                                "stand_in_patch_steps": 5},
+                   clean_fraction=0.2, seed=100, html=tmp_path / "patch.html")
+    assert r["patch"] == "patch.png" and (tmp_path / "patch" / "patch.png").read_bytes()[:4] == b"\x89PNG"
+    assert "patch stand-in" in (tmp_path / "patch.html").read_text()
 
 
 def test_robust_look_flags_a_class_the_plain_test_misses_and_prunes_its_unit(shortcut_model):

@@ -69,9 +69,16 @@ def run_repair(model: str, dataset: str, out: str | Path, *, config: dict[str, A
 
         plot_stand_ins(tac.stand_ins_, tac.stats_["stand_in_targets"], out / "stand_in.png", data.classes)
         record["stand_in"] = "stand_in.png"
+    patches = None
+    if tac.patches_ is not None:
+        from tacrecon.plots import plot_patches
+
+        patches = (*tac.patches_, tac.stats_["patch_targets"])
+        plot_patches(*patches, out / "patch.png", data.classes)
+        record["patch"] = "patch.png"
     record.update(total_seconds=time.perf_counter() - start, provenance=provenance(options.get("device", "cpu")))
     if html:
-        write_html(html, record, clean, tac.stand_ins_, tac.stats_.get("stand_in_targets", []), command)
+        write_html(html, record, clean, tac.stand_ins_, tac.stats_.get("stand_in_targets", []), command, patches)
     atomic_write_json(out / "repair.json", record)
     return record
 

@@ -112,10 +112,12 @@ def run_scan(model: str, dataset: str, *, config: dict[str, Any] | None = None, 
 
 
 def write_html(path: str | Path, record: dict[str, Any], clean: Split, deltas: torch.Tensor | None,
-               targets: list[int], command: str | None) -> None:
-    """The one-page report of a TAC run: its norms, and its stand-in triggers on clean images."""
+               targets: list[int], command: str | None,
+               patches: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None) -> None:
+    """The one-page report of a TAC run: its norms, and its stand-in triggers (and a repair's
+    patch stand-ins: masks, patterns, their targets) on clean images."""
     from tacrecon.page import write_page
-    from tacrecon.plots import plot_scan, plot_stand_ins
+    from tacrecon.plots import plot_patches, plot_scan, plot_stand_ins
 
     figures = [("Per-class latent shift norms (flagged classes in red; the dashed line is the robust look's bound)",
                 plot_scan(record, None))]
@@ -124,6 +126,12 @@ def write_html(path: str | Path, record: dict[str, Any], clean: Split, deltas: t
         figures.append(("The stand-in trigger of each flagged class: an input perturbation whose latent change "
                         "reproduces the class's shift, beside clean images with it added",
                         plot_stand_ins(deltas, targets, None, record["classes"], others)))
+    if patches is not None:
+        masks, patterns, patch_targets = patches
+        others = clean.x[clean.y != patch_targets[0]][:3]
+        figures.append(("The patch stand-in of each repaired class: the most effective small patch towards it, "
+                        "stamped on part of the fine-tune's images with their true labels",
+                        plot_patches(masks, patterns, patch_targets, None, record["classes"], others)))
     write_page(path, record, figures, command)
 
 

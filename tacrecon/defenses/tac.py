@@ -224,18 +224,7 @@ class TAC(FinetuneDefense):
                      beta: float, generator: torch.Generator) -> None:
         """One round: stand-in triggers, then (``method`` prune) the pruning of the TAC's units of
         ``found`` (a scan of ``model`` on ``clean``), then the fine-tune on ``train``."""
-        hook = None
-        if self.epochs > 0:
-            stand_ins, stats = search_stand_ins(model, train, targets, found, self.stand_in, self.batch_size, generator)
-            self.stand_ins_ = stand_ins if stand_ins is not None else self.stand_ins_
-            self.stats_.update(stats)
-            hook = None if stand_ins is None else self.stamp(model, stand_ins, stats["stand_in_targets"])
-            if self.stand_in.patch > 0:
-                masks, patterns, patch_stats = search_patch_stand_ins(model, train, targets, self.stand_in, generator)
-                self.patches_ = (masks, patterns)
-                self.stats_.update(patch_stats)
-                patches = stamp_patches(masks, patterns, self.stand_in.share, self.stand_in.share)
-                hook = patches if hook is None else chain(hook, patches)
+        hook = self.stand_in_hook(model, train, targets, found, generator) if self.epochs > 0 else None
         if self.method == "finetune":
             self.unlearn(model, train, targets, found.shifts[targets].float(), beta, generator, hook)
             return
@@ -253,13 +242,30 @@ class TAC(FinetuneDefense):
                           if beta > 0 else head.weight.new_zeros(len(targets), d))
                 self.unlearn(model, train, targets, shifts, beta, generator, hook)
 
-    def stamp(self, model: Classifier, stand_ins: Tensor, targets: list[int]) -> BatchHook:
-        """The fine-tune's batch hook for the stand-ins (T, C, H, W) of ``targets``: fixed, or
-        chasing the model (``stand_in.chase`` > 0)."""
-        cfg = self.stand_in
-        if cfg.chase == 0:
-            return stamp_stand_ins(stand_ins, cfg.share)
-        return ChasingStandIns(model, stand_ins, targets, cfg.share, cfg.eps, cfg.chase, cfg.chase_step)
+    def stand_in_hook(self, model: Classifier, train: Split, targets: list[int], found: ScanResult,
+                      generator: torch.Generator) -> BatchHook | None:
+        """The fine-tune's batch hook: the stand-ins of the low-side ``targets`` (fixed, or chasing
+        the model with ``stand_in.chase`` > 0, in which case ``stand_ins_`` follows them) on the
+        first ``stand_in.share`` of a batch, and with ``stand_in.patch`` > 0 every target's patch
+        stand-in on the next share. None: nothing to stamp."""
+        cfg, hooks = self.stand_in, list[BatchHook]()
+        stand_ins, stats = search_stand_ins(model, train, targets, found, cfg, self.batch_size, generator)
+        self.stats_.update(stats)
+        if stand_ins is not None:
+            self.stand_ins_ = stand_ins
+            if cfg.chase > 0:
+                chaser = ChasingStandIns(model, stand_ins, stats["stand_in_targets"], cfg.share, cfg.eps, cfg.chase,
+                                         cfg.chase_step)
+                self.stand_ins_ = chaser.deltas  # updated in place as the stand-ins chase the model
+                hooks.append(chaser)
+            else:
+                hooks.append(stamp_stand_ins(stand_ins, cfg.share))
+        if cfg.patch > 0:
+            masks, patterns, patch_stats = search_patch_stand_ins(model, train, targets, cfg, generator)
+            self.patches_ = (masks, patterns)
+            self.stats_.update(patch_stats)
+            hooks.append(stamp_patches(masks, patterns, cfg.share, cfg.share))
+        return chain(*hooks) if len(hooks) > 1 else (hooks[0] if hooks else None)
 
     def unlearn(self, model: Classifier, clean: Split, targets: list[int], shifts: Tensor, beta: float,
                 generator: torch.Generator, batch_hook: BatchHook | None) -> list[float]:

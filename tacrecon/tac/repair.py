@@ -154,4 +154,5 @@ def search_patch_stand_ins(model: Classifier, clean: Split, targets: list[int], 
                  for t in targets]
         hits = [stamped_share(model, clean.x[clean.y != t], m, p, t) for t, (m, p) in zip(targets, found)]
     masks, patterns = torch.stack([m for m, _ in found]), torch.stack([p for _, p in found])
-    return masks, patterns, {"patch_seconds": time.perf_counter() - start, "patch_success": hits}
+    return masks, patterns, {"patch_seconds": time.perf_counter() - start, "patch_targets": list(targets),
+                             "patch_success": hits}
