@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 import tacrecon
-from tacrecon.defenses.tac import TAC
 from tacrecon.errors import TacreconError
 from tacrecon.metrics import attack_rates
 
@@ -29,7 +28,7 @@ def test_scan_repair_and_defend_a_plain_module(planted, digits):
     assert isinstance(found, tacrecon.ScanResult) and found.backdoored and found.target == 0
     assert found.norms.shape == found.relative.shape == found.anomaly_index.shape == (10,)
     assert found.shifts.shape[0] == 10 and found.seconds > 0 and found.record()["target"] == 0
-    repaired, record = tacrecon.repair(model, clean.x, clean.y, **TAC.budgets["digits"])
+    repaired, record = tacrecon.repair(model, clean.x, clean.y)
     assert isinstance(repaired, Wrapped) and record["repaired"] and record["scores"]["target"] == 0
     assert attack_rates(repaired, digits.test, art.attack, art.attack.label_map())[0] <= 0.05
     defended, ft = tacrecon.defend("ft", model, clean.x, clean.y, budget="smoke")

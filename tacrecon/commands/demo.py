@@ -14,7 +14,6 @@ def demo(device: torch.device | str = "cpu", seed: int = 0, epochs: int | None =
 
     from tacrecon.artifact import run_attack
     from tacrecon.commands.repair import run_repair
-    from tacrecon.defenses.tac import TAC
 
     train = {} if epochs is None else {"epochs": epochs}
     with tempfile.TemporaryDirectory() as tmp:
@@ -23,10 +22,8 @@ def demo(device: torch.device | str = "cpu", seed: int = 0, epochs: int | None =
                             train=train)
         print(f"1. trained a BadNets-backdoored resnet_small on digits (target class 0): "
               f"ACC {attack['acc']:.2%}, ASR {attack['asr']:.2%} ({attack['seconds']:.0f} s)")
-        # on 8 x 8 digits, pruning the TAC's units does not remove BadNets; the TAC loss does
-        # (docs/benchmarks/tac_repair_tuning_digits.md): the demo uses TAC's digits budget
         r = run_repair(str(root / "badnets"), "digits", root / "repaired", device=device, seed=seed,
-                       clean_fraction=0.2, config=TAC.budgets["digits"])
+                       clean_fraction=0.2)
     scan = r["scores"]
     found = f"class {scan['target']} flagged" if scan["backdoored"] else "no class flagged"
     print(f"2. TAC scan on {r['clean_samples']} clean images: {found} (anomaly index "

@@ -78,13 +78,11 @@ class TAC(FinetuneDefense):
 
     paper: ClassVar[str] = ("Iwahana et al. 2025, Robust Backdoor Removal by Reconstructing Trigger-Activated "
                             "Changes in Latent Representation, https://arxiv.org/abs/2511.08944")
-    # digits: the 8 x 8 toy images need the TAC loss instead of pruning (docs/method.md)
     budgets: ClassVar[dict[str, dict[str, Any]]] = {
-        "cpu": {}, "smoke": {"epochs": 1, "force_target": 0, "stand_in_steps": 10},
-        "digits": {"method": "finetune", "beta": 1.0, "batch_size": 32, "epochs": 20, "stand_in_eps": 0.0}}
+        "cpu": {}, "smoke": {"epochs": 1, "force_target": 0, "stand_in_steps": 10, "stand_in_patch_steps": 10}}
     # 2: the high side is pruned to its peak; 3: stand-in triggers; 4: the robust look; 5: the class-count
-    # prior; 6: prune_stop 1.1 -> 1.2
-    revision: ClassVar[int] = 6
+    # prior; 6: prune_stop 1.1 -> 1.2; 7: patch stand-ins (25 pixels)
+    revision: ClassVar[int] = 7
 
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     robust: RobustLookConfig = field(default_factory=RobustLookConfig)

@@ -129,11 +129,11 @@ class StandInConfig(Config):
     the fine-tune adds it to ``share`` of every batch with the true labels kept. ``eps`` 0: off.
     ``chase`` > 0: before stamping, the stand-in takes that many signed-gradient steps of
     ``chase_step`` towards its target on the batch (:func:`~tacrecon.tac.stand_in.chase_stand_ins`),
-    so that it follows the model through the fine-tune. ``patch`` > 0: each target also gets a
-    patch stand-in, the most effective patch of that many pixels towards it
-    (:func:`~tacrecon.tac.residual.search_patch`, ``patch_steps`` Adam steps at ``patch_lr``),
+    so that it follows the model through the fine-tune (off: it costs accuracy). ``patch`` > 0:
+    each target also gets a patch stand-in, the most effective patch of that many pixels towards
+    it (:func:`~tacrecon.tac.residual.search_patch`, ``patch_steps`` Adam steps at ``patch_lr``),
     stamped on the next ``share`` of every batch, labels kept (Neural Cleanse's unlearning with a
-    pixel budget instead of a minimized mask)."""
+    pixel budget instead of a minimized mask); 25 pixels since revision 7 (docs/method.md)."""
 
     eps: float = 0.1
     share: float = 0.2
@@ -141,7 +141,7 @@ class StandInConfig(Config):
     lr: float = 0.05
     chase: int = 0
     chase_step: float = 0.01
-    patch: int = 0
+    patch: int = 25
     patch_steps: int = 60
     patch_lr: float = 0.3
 
