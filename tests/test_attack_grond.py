@@ -6,18 +6,12 @@ from torch import nn
 
 from tacrecon.attacks import create_attack
 from tacrecon.attacks.grond import inject
-from tacrecon.data import load_dataset
 from tacrecon.defenses.clp import conv_bn_pairs, uclc
 from tacrecon.errors import TacreconError
 from tacrecon.metrics import attack_rates
 from tacrecon.recipes import build_model, default_train_config, model_kwargs
 
 FAST = {"surrogate_arch": "test_cnn", "surrogate_epochs": 1, "uap_epochs": 1.0}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def ready(data, **kw):

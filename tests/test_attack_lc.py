@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.attacks import create_attack
 from tacrecon.attacks.adversarial import pgd
-from tacrecon.data import load_dataset
 from tacrecon.data.split import Dataset, Split
 from tacrecon.errors import TacreconError
 from tacrecon.metrics import attack_rates
@@ -15,11 +14,6 @@ from tacrecon.recipes import build_model, default_train_config, model_kwargs
 from tacrecon.train import fit
 
 FAST = {"surrogate_arch": "test_cnn", "surrogate_epochs": 1, "steps": 10, "step_size": 4 / 255}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def ready(data, **kw):

@@ -94,8 +94,9 @@ def test_a_class_flagged_on_the_high_side_is_pruned_to_its_peak(monkeypatch):
     assert torch.equal(model(x).argmax(1), tac.model_(x).argmax(1))  # the clean predictions are kept
 
 
-def test_stand_in_repair_keeps_the_stand_ins_and_stamps_the_fine_tune(planted, monkeypatch):
-    art, clean = planted["badnets"]
+@pytest.fixture
+def batch_hooks(monkeypatch):
+    """The batch hook of every fine-tune that runs in the test, in order."""
     seen = []
     real = finetune_module.fit
 
@@ -103,12 +104,19 @@ def test_stand_in_repair_keeps_the_stand_ins_and_stamps_the_fine_tune(planted, m
         seen.append(kwargs.get("batch_hook"))
         return real(*args, **kwargs)
     monkeypatch.setattr(finetune_module, "fit", spy)
+    return seen
+
+
+def test_stand_in_repair_keeps_the_stand_ins_and_stamps_the_fine_tune(planted, batch_hooks):
+    art, clean = planted["badnets"]
+    seen = batch_hooks
     tac = make_tac(epochs=1, stand_in_eps=0.3, stand_in_steps=20).fit(art.model, clean, torch.Generator().manual_seed(0))
     assert tac.targets_ == [0] and tac.stand_ins_.shape == (1, *clean.x.shape[1:])
     assert tac.stats_["stand_in_targets"] == [0] and 0 <= tac.stats_["stand_in_success"][0] <= 1
     assert seen and seen[-1] is not None
-    plain = make_tac(epochs=1, stand_in_eps=0.0).fit(art.model, clean, torch.Generator().manual_seed(0))
-    assert plain.stand_ins_ is None and seen[-1] is None
+    plain = make_tac(epochs=1, stand_in_eps=0.0, stand_in_patch=0).fit(art.model, clean,
+                                                                        torch.Generator().manual_seed(0))
+    assert plain.stand_ins_ is None and plain.patches_ is None and seen[-1] is None
     found = copy.copy(tac.scan_)  # a class of the high side gets no stand-in (prune_to_peak handles it)
     found.plain = dataclasses.replace(found.plain, detection=dataclasses.replace(found.plain.detection, high_side=[0]))
     assert search_stand_ins(as_classifier(art.model), clean, [0], found, StandInConfig(), 128,
@@ -118,15 +126,9 @@ def test_stand_in_repair_keeps_the_stand_ins_and_stamps_the_fine_tune(planted, m
             TAC.from_dict(bad)
 
 
-def test_patch_and_chasing_stand_ins_are_searched_and_stamped(planted, monkeypatch):
+def test_patch_and_chasing_stand_ins_are_searched_and_stamped(planted, batch_hooks):
     art, clean = planted["badnets"]
-    seen = []
-    real = finetune_module.fit
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("batch_hook"))
-        return real(*args, **kwargs)
-    monkeypatch.setattr(finetune_module, "fit", spy)
+    seen = batch_hooks
     tac = make_tac(epochs=1, stand_in_steps=5, stand_in_patch=4, stand_in_patch_steps=10, stand_in_chase=1,
                    stand_in_share=0.3).fit(art.model, clean, torch.Generator().manual_seed(0))
     masks, patterns = tac.patches_
