@@ -133,7 +133,7 @@ def test_tac_lists_every_flagged_class(multi_artifact, digits):
     """TAC's record names every class its scan flags, and the repair covers each of them."""
     out, _ = multi_artifact
     art = load_artifact(out)
-    tac = create_defense("tac", "smoke")
+    tac = create_defense("tac", "smoke", force_target=-1)  # the smoke budget forces class 0 otherwise
     result = defend_artifact(tac, art, digits, seed=0, clean_fraction=0.2)
     assert result["targets"] == tac.scan_.flagged == result["scores"]["targets"]
     assert result["repaired"] == bool(result["targets"])
