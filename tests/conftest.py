@@ -5,9 +5,17 @@ import torch
 from torch import nn
 
 from tacrecon.artifact import load_artifact, run_attack
+from tacrecon.attacks import Attack, create_attack
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.data.split import Split
 from tacrecon.defenses.tac import TAC
+
+
+def ready_attack(name: str, data, **kw) -> Attack:
+    """The attack ``name`` (hyperparameters ``kw``) set up on ``data`` with seed 0."""
+    attack = create_attack(name, **kw)
+    attack.setup(data, torch.Generator().manual_seed(0))
+    return attack
 
 
 def make_tac(**flat) -> TAC:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import ready_attack
 from torch import nn
 
 from tacrecon.attacks import create_attack
@@ -15,9 +16,7 @@ FAST = {"surrogate_arch": "test_cnn", "surrogate_epochs": 1, "uap_epochs": 1.0}
 
 
 def ready(data, **kw):
-    attack = create_attack("grond", **kw)
-    attack.setup(data, torch.Generator().manual_seed(0))
-    return attack
+    return ready_attack("grond", data, **kw)
 
 
 def test_defaults_are_the_authors_code():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ready_attack
 
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.attacks import create_attack
@@ -17,9 +18,7 @@ FAST = {"surrogate_arch": "test_cnn", "surrogate_epochs": 1, "steps": 10, "step_
 
 
 def ready(data, **kw):
-    attack = create_attack("lc", **kw)
-    attack.setup(data, torch.Generator().manual_seed(0))
-    return attack
+    return ready_attack("lc", data, **kw)
 
 
 def test_defaults_are_backdoorbench_cifar10():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import ready_attack
 
 from tacrecon.attacks import create_attack
 from tacrecon.data import load_dataset
@@ -16,9 +17,7 @@ def digits():
 
 
 def ready(data, **kw):
-    attack = create_attack("tact", **kw)
-    attack.setup(data, torch.Generator().manual_seed(0))
-    return attack
+    return ready_attack("tact", data, **kw)
 
 
 def test_defaults_are_the_toolbox_config():
