@@ -58,3 +58,18 @@ def test_unlearn_loss_adds_the_distillation_from_the_teacher(digits):
     with torch.no_grad():
         expected = plain + 0.5 * distillation(model(x), teacher(x), [0], 2.0)
     assert torch.allclose(with_kd, expected)
+
+
+def test_unlearn_loss_can_leave_the_stamped_share_out_of_the_distillation(digits):
+    from tacrecon.tac.repair import distillation
+
+    model, teacher = create_model("test_cnn", in_chans=1).eval(), create_model("test_cnn", in_chans=1).eval()
+    x, y = digits.train.x[:16], digits.train.y[:16]
+    zero = torch.zeros(1, model.latent_dim)
+    plain = unlearn_loss([zero], [0], beta=0.0)(model, x, y)
+    skipped = unlearn_loss([zero], [0], beta=0.0, teacher=teacher, distill=0.5, skip=0.25)(model, x, y)
+    with torch.no_grad():
+        expected = plain + 0.5 * distillation(model(x[4:]), teacher(x[4:]), [0], 2.0)
+    assert torch.allclose(skipped, expected)
+    everything = unlearn_loss([zero], [0], beta=0.0, teacher=teacher, distill=0.5, skip=1.0)(model, x, y)
+    assert torch.allclose(everything, plain)  # nothing left to distill on

@@ -40,7 +40,7 @@ from tacrecon.tac.residual import Residual, estimate_residual
 from tacrecon.tac.stand_in import BatchHook, ChasingStandIns, chain, stamp_patches, stamp_stand_ins
 
 # settings that records of revisions <= 6 did not store: the values those revisions used (no self-check)
-_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0, "stand_in_chase": 0,
+_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0, "distill_stamped": True, "stand_in_chase": 0,
              "stand_in_chase_step": 0.01, "stand_in_patch": 0, "stand_in_patch_steps": 60, "stand_in_patch_lr": 0.3,
              **{key: getattr(SelfCheckConfig(rounds=0), name) for key, (group, name) in FLAT.items() if group == "check"}}
 
@@ -63,6 +63,8 @@ class TAC(FinetuneDefense):
         beta: weight of the TAC loss (:func:`~tacrecon.tac.repair.unlearn_loss`; 0: plain CE).
         distill: weight of the distillation from the model before the repair, its logits without
             the targets' columns (:func:`~tacrecon.tac.repair.distillation`; 0: off).
+        distill_stamped: distill on the images the stand-ins are stamped on too (False: on the
+            unstamped part of each batch only).
         recompute: recompute the s_t against the current model before every epoch.
         freeze_head: fine-tune the body only.
         epochs, lr, batch_size, momentum, weight_decay, crop_padding, flip: the fine-tune
@@ -95,6 +97,7 @@ class TAC(FinetuneDefense):
     method: str = "prune"
     beta: float = 0.0
     distill: float = 0.0
+    distill_stamped: bool = True
     recompute: bool = False
     freeze_head: bool = True
     epochs: int = 10
@@ -275,6 +278,8 @@ class TAC(FinetuneDefense):
                   if not (self.freeze_head and any(p is q for q in head.parameters()))]
         epoch_hook = refresh_shifts(model, clean, targets, current, self.detection) if self.recompute else None
         teacher = getattr(self, "teacher_", None)  # set during a fit; unlearn may also run on its own
-        loss = unlearn_loss(current, targets, beta, teacher, self.distill)
+        stamped = self.stand_in.share * (2 if self.stand_in.patch > 0 else 1) if batch_hook is not None else 0.0
+        loss = unlearn_loss(current, targets, beta, teacher, self.distill,
+                            skip=0.0 if self.distill_stamped else stamped)
         return self.finetune(model, clean, generator, loss_fn=loss, params=params,
                              batch_hook=batch_hook, epoch_hook=epoch_hook, nesterov=True)

@@ -28,10 +28,12 @@ LossFn = Callable[[Classifier, Tensor, Tensor], Tensor]
 
 
 def unlearn_loss(shifts: list[Tensor], targets: list[int], beta: float, teacher: Classifier | None = None,
-                 distill: float = 0.0, temperature: float = 2.0) -> LossFn:
+                 distill: float = 0.0, temperature: float = 2.0, skip: float = 0.0) -> LossFn:
     """The fine-tune's loss: CE on clean latents + beta * mean over flagged t of CE on the latents
     of the samples with y != t shifted by s_t (their true labels kept) + ``distill`` * the
-    distillation term of :func:`distillation` from ``teacher`` (the model before the repair).
+    distillation term of :func:`distillation` from ``teacher`` (the model before the repair) on
+    the batch but its first ``skip`` share (where the stand-ins are stamped: the teacher's view
+    of them still carries the backdoor).
 
     ``shifts`` is a one-element list holding the (T, d) stack of s_t, so that an epoch hook can
     replace it; ``targets`` (T,) are the flagged classes (several for a multi-target attack).
@@ -41,10 +43,11 @@ def unlearn_loss(shifts: list[Tensor], targets: list[int], beta: float, teacher:
         head = model.get_classifier()
         logits = head(z)
         total = F.cross_entropy(logits, y)
-        if distill > 0 and teacher is not None:
+        first = round(skip * x.shape[0])
+        if distill > 0 and teacher is not None and first < x.shape[0]:
             with torch.no_grad():
-                reference = teacher(x)
-            total = total + distill * distillation(logits, reference, targets, temperature)
+                reference = teacher(x[first:])
+            total = total + distill * distillation(logits[first:], reference, targets, temperature)
         if beta == 0:
             return total
         terms = []
