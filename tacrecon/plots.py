@@ -93,19 +93,14 @@ def plot_stand_ins(deltas: Tensor, targets: Sequence[int], path: str | Path | No
     as 0.5 + delta / (2 max|delta|) (mid-grey is no change), one row per target; with clean
     ``images`` (k, C, H, W), each of them beside it with the stand-in added. The PNG's bytes,
     also written to ``path`` unless it is None."""
-    k = 0 if images is None else images.shape[0]
-    fig, axes = pyplot().subplots(len(targets), 1 + 2 * k, figsize=(2.2 * (1 + 2 * k), 2.5 * len(targets)),
-                                  squeeze=False)
-    for row, t, d in zip(axes, targets, deltas):
+    from tacrecon.data.augment import add_clipped
+
+    rows = []
+    for d in deltas:
         d = d.detach().float().cpu()
-        show(row[0], 0.5 + d / (2 * d.abs().max().clamp_min(1e-12)),
-             f"class {t}" + (f" ({classes[t]})" if classes is not None else "") + f"\n|delta| <= {float(d.abs().max()):.2f}")
-        for i in range(k):
-            x = images[i].detach().float().cpu()  # type: ignore[index]
-            show(row[1 + 2 * i], x, "clean image")
-            show(row[2 + 2 * i], (x + d).clamp(0, 1), "with the stand-in")
-    fig.tight_layout()
-    return written(png_bytes(fig), path)
+        rows.append((0.5 + d / (2 * d.abs().max().clamp_min(1e-12)), f"|delta| <= {float(d.abs().max()):.2f}",
+                     lambda x, d=d: add_clipped(x, d)))
+    return plot_trigger_rows(rows, targets, path, classes, images, "with the stand-in")
 
 
 def plot_patches(masks: Tensor, patterns: Tensor, targets: Sequence[int], path: str | Path | None,
@@ -114,17 +109,30 @@ def plot_patches(masks: Tensor, patterns: Tensor, targets: Sequence[int], path: 
     target), each shown as mask * pattern on mid-grey, one row per target; with clean ``images``
     (k, C, H, W), each of them beside it with the patch stamped. The PNG's bytes, also written
     to ``path`` unless it is None."""
+    from tacrecon.data.augment import stamp
+
+    rows = []
+    for m, p in zip(masks, patterns):
+        m, p = m.detach().float().cpu(), p.detach().float().cpu()
+        rows.append((stamp(p.new_full(p.shape, 0.5), m, p), f"{int((m > 0).sum())} pixels",
+                     lambda x, m=m, p=p: stamp(x, m, p)))
+    return plot_trigger_rows(rows, targets, path, classes, images, "with the patch")
+
+
+def plot_trigger_rows(rows: Sequence[tuple[Tensor, str, Any]], targets: Sequence[int], path: str | Path | None,
+                      classes: Sequence[str] | None, images: Tensor | None, applied: str) -> bytes:
+    """One row per target: its trigger's picture (C, H, W) titled with the class and ``rows``'
+    note, then each clean image (k, C, H, W) beside it with the row's trigger function applied
+    (titled ``applied``). The PNG's bytes, also written to ``path`` unless it is None."""
     k = 0 if images is None else images.shape[0]
     fig, axes = pyplot().subplots(len(targets), 1 + 2 * k, figsize=(2.2 * (1 + 2 * k), 2.5 * len(targets)),
                                   squeeze=False)
-    for row, t, m, p in zip(axes, targets, masks, patterns):
-        m, p = m.detach().float().cpu(), p.detach().float().cpu()
-        show(row[0], (1 - m) * 0.5 + m * p,
-             f"class {t}" + (f" ({classes[t]})" if classes is not None else "") + f"\n{int((m > 0).sum())} pixels")
+    for row, t, (picture, note, apply) in zip(axes, targets, rows):
+        show(row[0], picture, f"class {t}" + (f" ({classes[t]})" if classes is not None else "") + f"\n{note}")
         for i in range(k):
             x = images[i].detach().float().cpu()  # type: ignore[index]
             show(row[1 + 2 * i], x, "clean image")
-            show(row[2 + 2 * i], (1 - m) * x + m * p, "with the patch")
+            show(row[2 + 2 * i], apply(x), applied)
     fig.tight_layout()
     return written(png_bytes(fig), path)
 

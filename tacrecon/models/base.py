@@ -10,6 +10,8 @@ input of the final linear layer, the space in which TAC solves its per-class QP:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -88,3 +90,18 @@ def latents_of(model: Classifier, x: Tensor, batch_size: int = 512) -> Tensor:
     out = torch.cat([model.latent(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
     model.train(was_training)
     return out
+
+
+@contextmanager
+def inspecting(model: Classifier) -> Iterator[Classifier]:
+    """``model`` in eval mode with its parameters' gradients off, both given back on exit."""
+    was_training, grads = model.training, [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, grad in zip(model.parameters(), grads):
+            p.requires_grad_(grad)
+        model.train(was_training)

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tacrecon.data.split import Split
-from tacrecon.models import Classifier
+from tacrecon.models import Classifier, inspecting
 from tacrecon.tac.config import DetectionConfig, PriorConfig, PruneConfig, RobustLookConfig, StandInConfig
 from tacrecon.tac.detect import ScanResult, class_prior, head_of, latents_of, reconstruct
 from tacrecon.tac.prune import prune_plan, prune_to_peak
-from tacrecon.tac.residual import inspecting, search_patch, stamped_share
+from tacrecon.tac.residual import search_patch, stamped_share
 from tacrecon.tac.stand_in import search_stand_in, stand_in_success
 
 LossFn = Callable[[Classifier, Tensor, Tensor], Tensor]

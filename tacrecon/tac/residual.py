@@ -15,8 +15,6 @@ fits digits lets a patch send most CIFAR-10 images to any class.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +24,7 @@ from torch import Tensor
 from tacrecon.data.augment import stamp
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
-from tacrecon.models import Classifier
+from tacrecon.models import Classifier, inspecting
 from tacrecon.tac.config import SelfCheckConfig
 
 
@@ -66,7 +64,7 @@ def search_patch(model: Classifier, clean: Split, k: int, pixels: int, steps: in
     Adam on the mask and the pattern in sigmoid space, the mask starting near 0, cross-entropy
     towards ``k`` on ``batch_size`` clean images outside ``k`` per step plus a penalty on the
     mask's sum above the budget; the final mask keeps only its ``pixels`` largest values, so the
-    budget holds exactly. Run it under :func:`inspecting` so that the model's batch statistics
+    budget holds exactly. Run it under :func:`~tacrecon.models.inspecting` so that the model's batch statistics
     and parameters are left alone.
     """
     others = clean.x[clean.y != k]
@@ -115,21 +113,6 @@ def compared_classes(num_classes: int, target: int, count: int, generator: torch
         return others
     pick = torch.randperm(len(others), generator=generator)[:count]
     return sorted(others[int(i)] for i in pick)
-
-
-@contextmanager
-def inspecting(model: Classifier) -> Iterator[Classifier]:
-    """``model`` in eval mode with its parameters' gradients off, both given back on exit."""
-    was_training, grads = model.training, [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, grad in zip(model.parameters(), grads):
-            p.requires_grad_(grad)
-        model.train(was_training)
 
 
 def estimate_residual(model: Classifier, clean: Split, target: int, cfg: SelfCheckConfig | None = None,

@@ -18,7 +18,7 @@ from tacrecon.data.augment import add_clipped, stamp
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.metrics import predict, rate
-from tacrecon.models import Classifier
+from tacrecon.models import Classifier, inspecting
 
 BatchHook = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
 
@@ -36,20 +36,18 @@ def search_stand_in(model: Classifier, clean: Split, target: int, shift: Tensor,
     if others.shape[0] == 0:
         raise TacreconError(f"the clean set has no image outside class {target} to search a stand-in trigger on")
     generator = generator or torch.Generator().manual_seed(0)
-    was_training = model.training
-    model.eval()
     raw = torch.zeros(clean.x.shape[1:], device=clean.device, requires_grad=True)
     opt = torch.optim.Adam([raw], lr=lr)
     goal = shift.detach().to(others)
-    for _ in range(steps):
-        x = others[torch.randint(others.shape[0], (batch_size,), generator=generator).to(clean.device)]
-        with torch.no_grad():
-            before = model.latent(x)
-        after = model.latent(add_clipped(x, eps * torch.tanh(raw)))
-        loss = (after - before - goal).square().sum(1).mean()
-        raw.grad, = torch.autograd.grad(loss, raw)
-        opt.step()
-    model.train(was_training)
+    with inspecting(model):
+        for _ in range(steps):
+            x = others[torch.randint(others.shape[0], (batch_size,), generator=generator).to(clean.device)]
+            with torch.no_grad():
+                before = model.latent(x)
+            after = model.latent(add_clipped(x, eps * torch.tanh(raw)))
+            loss = (after - before - goal).square().sum(1).mean()
+            raw.grad, = torch.autograd.grad(loss, raw)
+            opt.step()
     return (eps * torch.tanh(raw)).detach()
 
 
@@ -60,18 +58,27 @@ def stand_in_success(model: Classifier, clean: Split, target: int, delta: Tensor
     return rate(predict(model, others, transform=lambda x: add_clipped(x, delta)) == target)
 
 
-def stamp_patches(masks: Tensor, patterns: Tensor, share: float, start: float) -> BatchHook:
-    """A batch hook: the part of every (shuffled) batch from ``start`` to ``start + share`` gets
-    one of the patches (masks (T, 1, H, W), patterns (T, C, H, W)) stamped, in turn; labels kept."""
+def stamp_in_turn(apply: Callable[[Tensor, Tensor, Tensor], Tensor], count: int, share: float,
+                  start: float = 0.0) -> BatchHook:
+    """A batch hook for :func:`~tacrecon.train.fit`: the part of every (shuffled) batch from
+    ``start`` to ``start + share`` goes through ``apply(images, labels, which)``, ``which`` naming
+    one of ``count`` triggers per image, in turn; labels kept, the input batch not modified."""
     def hook(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         first, n = round(start * x.shape[0]), round(share * x.shape[0])
         if n == 0:
             return x, y
         x = x.clone()
-        which = torch.arange(n, device=x.device) % masks.shape[0]
-        x[first:first + n] = stamp(x[first:first + n], masks.to(x)[which], patterns.to(x)[which])
+        part = slice(first, first + n)
+        x[part] = apply(x[part], y[part], torch.arange(n, device=x.device) % count)
         return x, y
     return hook
+
+
+def stamp_patches(masks: Tensor, patterns: Tensor, share: float, start: float) -> BatchHook:
+    """A batch hook: the part of every (shuffled) batch from ``start`` to ``start + share`` gets
+    one of the patches (masks (T, 1, H, W), patterns (T, C, H, W)) stamped, in turn; labels kept."""
+    return stamp_in_turn(lambda x, y, which: stamp(x, masks.to(x)[which], patterns.to(x)[which]), masks.shape[0],
+                         share, start)
 
 
 def chain(*hooks: BatchHook) -> BatchHook:
@@ -87,15 +94,7 @@ def stamp_stand_ins(deltas: Tensor, share: float) -> BatchHook:
     """A batch hook for :func:`~tacrecon.train.fit`: the first ``share`` of every (shuffled) batch
     gets one of the stand-in triggers ``deltas`` (T, C, H, W) added, in turn, clipped to [0, 1];
     labels kept."""
-    def hook(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        n = round(share * x.shape[0])
-        if n == 0:
-            return x, y
-        x = x.clone()
-        which = torch.arange(n, device=x.device) % deltas.shape[0]
-        x[:n] = add_clipped(x[:n], deltas.to(x)[which])
-        return x, y
-    return hook
+    return stamp_in_turn(lambda x, y, which: add_clipped(x, deltas.to(x)[which]), deltas.shape[0], share)
 
 
 class ChasingStandIns:
@@ -112,22 +111,22 @@ class ChasingStandIns:
 
     def __init__(self, model: Classifier, deltas: Tensor, targets: list[int], share: float, eps: float, steps: int,
                  step_size: float) -> None:
-        self.model, self.deltas, self.share = model, deltas.detach().clone(), share
+        self.model, self.deltas = model, deltas.detach().clone()
         self.goal = torch.tensor(targets, dtype=torch.long)
         self.eps, self.steps, self.step_size = eps, steps, step_size
+        self.hook = stamp_in_turn(self.stamp, self.deltas.shape[0], share)
 
     def __call__(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        n = round(self.share * x.shape[0])
-        if n == 0:
-            return x, y
-        which = torch.arange(n, device=x.device) % self.deltas.shape[0]
+        return self.hook(x, y, generator)
+
+    def stamp(self, x: Tensor, y: Tensor, which: Tensor) -> Tensor:
+        """``x`` (n, C, H, W) with ``deltas[which]`` added, after the stand-ins took their steps
+        towards their targets on the images outside them (labels ``y`` (n,))."""
         want = self.goal.to(x.device)[which]
-        use = y[:n] != want
+        use = y != want
         if self.steps > 0 and bool(use.any()):
-            chase(self.model, x[:n][use], want[use], which[use], self.deltas, self.eps, self.steps, self.step_size)
-        x = x.clone()
-        x[:n] = add_clipped(x[:n], self.deltas.to(x)[which])
-        return x, y
+            chase(self.model, x[use], want[use], which[use], self.deltas, self.eps, self.steps, self.step_size)
+        return add_clipped(x, self.deltas.to(x)[which])
 
 
 def chase(model: Classifier, x: Tensor, want: Tensor, which: Tensor, deltas: Tensor, eps: float, steps: int,
@@ -135,13 +134,9 @@ def chase(model: Classifier, x: Tensor, want: Tensor, which: Tensor, deltas: Ten
     """``steps`` signed-gradient steps on ``deltas`` (T, C, H, W), in place, that lower the
     cross-entropy of ``model`` towards ``want`` (n,) on ``x`` (n, C, H, W) stamped with
     ``deltas[which]``; the parameters get no gradient."""
-    was_training = model.training
-    model.eval()
-    try:
+    with inspecting(model):
         for _ in range(steps):
             delta = deltas.to(x).clone().requires_grad_(True)
             loss = F.cross_entropy(model(add_clipped(x, delta[which])), want)
             grad, = torch.autograd.grad(loss, delta)
             deltas.sub_(step_size * grad.sign().to(deltas)).clamp_(-eps, eps)
-    finally:
-        model.train(was_training)
