@@ -18,6 +18,17 @@ def ready_attack(name: str, data, **kw) -> Attack:
     return attack
 
 
+def clean_label_training_set(attack: Attack, train: Split, rate: float, target: int) -> tuple[Split, torch.Tensor]:
+    """``attack``'s training set (seed 1), checked as a clean-label one: round(rate * N) poisoned
+    indices, all of class ``target``, labels kept, and no image changed outside them."""
+    poisoned, idx = attack.training_set(train, torch.Generator().manual_seed(1))
+    assert idx.numel() == round(rate * len(train)) and bool((train.y[idx] == target).all())
+    assert torch.equal(poisoned.y, train.y)
+    changed = torch.nonzero((poisoned.x != train.x).flatten(1).any(1)).flatten()
+    assert set(changed.tolist()) <= set(idx.tolist())
+    return poisoned, idx
+
+
 def make_tac(**flat) -> TAC:
     """TAC from flat hyperparameter names, as ``--set`` takes them."""
     return TAC.from_dict(flat)
