@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tacrecon.data.augment import add_clipped
 from tacrecon.data.split import Dataset, Split
 from tacrecon.errors import TacreconError
+from tacrecon.metrics import predict, rate
 from tacrecon.recipes import build_model, default_train_config, model_kwargs
 from tacrecon.train import fit
 
@@ -103,8 +104,5 @@ def targeted_uap(model: nn.Module, x: Tensor, target: int, eps: float, step_size
 
 
 def fooling_rate(model: nn.Module, x: Tensor, target: int) -> float:
-    """Fraction of the images ``x`` (N, C, H, W) that ``model`` classifies as ``target``."""
-    model.eval()
-    with torch.no_grad():
-        hits = torch.cat([model(xb).argmax(1) == target for xb in x.split(1024)])
-    return float(hits.float().mean()) if hits.numel() else 0.0
+    """Fraction of the images ``x`` (N, C, H, W) that ``model`` classifies as ``target`` (0 for none)."""
+    return rate(predict(model, x) == target) if x.shape[0] else 0.0
