@@ -187,9 +187,9 @@ def scripted_residuals(monkeypatch, scores):
     monkeypatch.setattr(tac_module, "estimate_residual", lambda model, clean, t, cfg, g: Residual(t, queue.pop(0)))
     unlearn = TAC.unlearn
 
-    def spy(self, model, clean, targets, shifts, beta, generator, hook):
+    def spy(self, model, clean, targets, shifts, beta, generator, *hooks):
         betas.append(beta)
-        return unlearn(self, model, clean, targets, shifts, beta, generator, hook)
+        return unlearn(self, model, clean, targets, shifts, beta, generator, *hooks)
 
     monkeypatch.setattr(TAC, "unlearn", spy)
     return betas

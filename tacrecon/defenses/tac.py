@@ -225,9 +225,9 @@ class TAC(FinetuneDefense):
                      beta: float, generator: torch.Generator) -> None:
         """One round: stand-in triggers, then (``method`` prune) the pruning of the TAC's units of
         ``found`` (a scan of ``model`` on ``clean``), then the fine-tune on ``train``."""
-        hook = self.stand_in_hook(model, train, targets, found, generator) if self.epochs > 0 else None
+        hook, stamped = self.stand_in_hook(model, train, targets, found, generator) if self.epochs > 0 else (None, 0.0)
         if self.method == "finetune":
-            self.unlearn(model, train, targets, found.shifts[targets].float(), beta, generator, hook)
+            self.unlearn(model, train, targets, found.shifts[targets].float(), beta, generator, hook, stamped)
             return
         plan = plan_pruning(model, clean, found, targets, self.pruning, self.detection, self.robust, self.prior)
         self.pruned_ = sorted(set(self.pruned_) | set(plan.units))
@@ -241,15 +241,16 @@ class TAC(FinetuneDefense):
                 shifts = (reconstruct(model, latents_of(model, clean.x), self.detection.bias,
                                       self.detection.qp_quantile).shifts[targets].float()
                           if beta > 0 else head.weight.new_zeros(len(targets), d))
-                self.unlearn(model, train, targets, shifts, beta, generator, hook)
+                self.unlearn(model, train, targets, shifts, beta, generator, hook, stamped)
 
     def stand_in_hook(self, model: Classifier, train: Split, targets: list[int], found: ScanResult,
-                      generator: torch.Generator) -> BatchHook | None:
-        """The fine-tune's batch hook: the stand-ins of the low-side ``targets`` (fixed, or chasing
-        the model with ``stand_in.chase`` > 0, in which case ``stand_ins_`` follows them) on the
-        first ``stand_in.share`` of a batch, and with ``stand_in.patch`` > 0 every target's patch
-        stand-in on the next share. None: nothing to stamp."""
-        cfg, hooks = self.stand_in, list[BatchHook]()
+                      generator: torch.Generator) -> tuple[BatchHook | None, float]:
+        """The fine-tune's batch hook and the share of each batch, from its start, that it stamps:
+        the stand-ins of the low-side ``targets`` (fixed, or chasing the model with
+        ``stand_in.chase`` > 0, in which case ``stand_ins_`` follows them) on the first
+        ``stand_in.share`` of a batch, and with ``stand_in.patch`` > 0 every target's patch
+        stand-in on the next share. (None, 0): nothing to stamp."""
+        cfg, hooks, stamped = self.stand_in, list[BatchHook](), 0.0
         stand_ins, stats = search_stand_ins(model, train, targets, found, cfg, self.batch_size, generator)
         self.stats_.update(stats)
         if stand_ins is not None:
@@ -261,24 +262,26 @@ class TAC(FinetuneDefense):
                 hooks.append(chaser)
             else:
                 hooks.append(stamp_stand_ins(stand_ins, cfg.share))
+            stamped = cfg.share
         if cfg.patch > 0:
             masks, patterns, patch_stats = search_patch_stand_ins(model, train, targets, cfg, generator)
             self.patches_ = (masks, patterns)
             self.stats_.update(patch_stats)
             hooks.append(stamp_patches(masks, patterns, cfg.share, cfg.share))
-        return chain(*hooks) if len(hooks) > 1 else (hooks[0] if hooks else None)
+            stamped = 2 * cfg.share
+        return (chain(*hooks) if hooks else None), stamped
 
     def unlearn(self, model: Classifier, clean: Split, targets: list[int], shifts: Tensor, beta: float,
-                generator: torch.Generator, batch_hook: BatchHook | None) -> list[float]:
+                generator: torch.Generator, batch_hook: BatchHook | None, stamped: float = 0.0) -> list[float]:
         """Fine-tune ``model`` in place with the TAC loss of the s_t ``shifts`` (T, d) (and the
-        distillation from ``self.teacher_`` when ``distill`` > 0); returns the loss of each epoch."""
+        distillation from ``self.teacher_`` when ``distill`` > 0, left off the first ``stamped``
+        share of each batch unless ``distill_stamped``); returns the loss of each epoch."""
         current = [shifts.reshape(len(targets), -1)]
         head = model.get_classifier()
         params = [p for p in model.parameters()
                   if not (self.freeze_head and any(p is q for q in head.parameters()))]
         epoch_hook = refresh_shifts(model, clean, targets, current, self.detection) if self.recompute else None
         teacher = getattr(self, "teacher_", None)  # set during a fit; unlearn may also run on its own
-        stamped = self.stand_in.share * (2 if self.stand_in.patch > 0 else 1) if batch_hook is not None else 0.0
         loss = unlearn_loss(current, targets, beta, teacher, self.distill,
                             skip=0.0 if self.distill_stamped else stamped)
         return self.finetune(model, clean, generator, loss_fn=loss, params=params,
