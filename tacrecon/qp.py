@@ -319,3 +319,32 @@ def solve_latent_qp(latents: Tensor, weight: Tensor, bias: Tensor | None = None,
     t = torch.from_numpy
     return QPResult(torch.tensor(classes), t(shifts), t(norms), t(lam), t(lam > 0), offsets_t[classes],
                     torch.tensor([r[1] for r in rows]), t(kkt), t(feasible))
+
+
+def norm_at_active_set(latents: Tensor, weight: Tensor, bias: Tensor | None, k: int, active: Tensor,
+                       quantile: float | None = None) -> Tensor:
+    """||s_k|| as a differentiable function of the latents and the head, at a known active set.
+
+    At the optimum the active constraints J hold with equality, A_J s = c_J, and s_k is the
+    least-norm solution: ||s_k||^2 = c_J^T (A_J A_J^T)^+ c_J with A_J = w_k - w_J and c_J the
+    offsets of :func:`constraint_offsets` (max, or the lower ``quantile``, of the margins over
+    the samples). With ``active`` taken from :func:`solve_latent_qp` on the same inputs, the
+    value equals its norm and the gradient is the norm's own wherever the active set is stable:
+    what an attacker who knows the scan needs to train against it.
+
+    Args:
+        latents: (n, d); weight: (C, d); bias: (C,) or None, all may require grad.
+        k: the class. active: (C,) bool, the active constraints of class k (False at k).
+        quantile: as in :func:`solve_latent_qp`.
+    Returns:
+        A scalar tensor (0 where no constraint is active: the class already holds every sample).
+    """
+    j = torch.nonzero(active).flatten()
+    if j.numel() == 0:
+        return latents.new_zeros(())
+    logits = latents @ weight.T + (bias if bias is not None else 0)
+    margins = logits[:, j] - logits[:, k:k + 1]  # (n, |J|)
+    c = margins.amax(0) if quantile is None else lower_quantile(margins, quantile)
+    a = weight[k][None, :] - weight[j]
+    lam = torch.linalg.pinv(a @ a.T) @ c
+    return (c @ lam).clamp_min(0).sqrt()

@@ -50,7 +50,7 @@ def test_members_targets_and_names():
     ({"attacks": [{"name": "badnets"}, {"name": "blended", "target": 0}]}, "share target 0"),
     ({"attacks": [{"name": "badnets", "label_mode": "all2all"}, {"name": "blended"}]}, "not all-to-one"),
     ({"label_mode": "all2all"}, "label_mode must be all2one"),
-    ({"attacks": [{"name": "badnets", "rate": 0.1}, {"name": "blended"}]}, "members share the multi attack's rate"),
+    ({"attacks": [{"name": "badnets", "rate": 0.1}, {"name": "blended"}]}, "gives rate, which the composite"),
     ({"attacks": [{"name": "badnets"}]}, "two or more members"),
     ({"attacks": [{"name": "badnets"}, {"name": "wanet"}]}, "wanet trains its own way"),
     ({"attacks": [{"name": "badnets"}, {"name": "adap_blend"}]}, "adap_blend trains its own way"),

@@ -182,3 +182,14 @@ def test_foreign_code_imports_nothing_from_tacrecon():
                 assert r in allowed or r in stdlib, f"{path.name} imports {r}"
             if isinstance(node, ast.ImportFrom) and node.module.startswith("benchmarks"):
                 assert node.module == "benchmarks.foreign", f"{path.name} imports {node.module}"
+
+
+def test_holdout_part_is_apart_from_tuning():
+    tuning, holdout = plan.plan(), plan.plan("holdout")
+    assert plan.PARTS["holdout"][2] != plan.MODELS  # its own folder: tuning benchmarks never list it
+    assert {s["seed"] for s in tuning}.isdisjoint(s["seed"] for s in holdout)
+    assert [s["seed"] for s in holdout] == list(range(plan.FIRST_HOLDOUT_SEED, plan.FIRST_HOLDOUT_SEED + len(holdout)))
+    combos = lambda specs: {(s["dataset"], s["arch"], s["trigger"], s["rate"]) for s in specs if s["trigger"]}  # noqa: E731
+    assert combos(tuning).isdisjoint(combos(holdout))  # combinations nothing was tuned on
+    assert all(s["trigger"] in triggers.TEST and s["rate"] >= 0.05 for s in holdout if s["trigger"])
+    assert {s["dataset"] for s in holdout if s["trigger"] is None} == {"cifar10", "gtsrb"}

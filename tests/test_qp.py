@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tacrecon.errors import TacreconError
-from tacrecon.qp import constraint_offsets, solve_latent_qp
+from tacrecon.qp import constraint_offsets, norm_at_active_set, solve_latent_qp
 
 
 def problem(n=40, d=12, c=6, seed=0):
@@ -196,3 +196,25 @@ def test_many_active_constraints_grow_the_column_cache():
     for k in (0, 17):
         one = solve_latent_qp(z, w, b, classes=[k])
         assert torch.equal(one.shifts[0], result.shifts[k])
+
+
+@pytest.mark.parametrize("quantile", [None, 0.9])
+def test_norm_at_active_set_is_the_norm_and_its_gradient(quantile):
+    z, w, b = problem(n=60, d=8, c=5, seed=3)
+    solved = solve_latent_qp(z, w, b, quantile=quantile)
+    for k in range(5):
+        norm = norm_at_active_set(z, w, b, k, solved.active[k], quantile)
+        assert float(norm) == pytest.approx(float(solved.norms[k]), rel=1e-9, abs=1e-12)
+    k = int(solved.norms.argmax())
+    wg, zg = w.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    grad_w, grad_z = torch.autograd.grad(norm_at_active_set(zg, wg, b, k, solved.active[k], quantile), (wg, zg))
+    step = 1e-6 * torch.randn(w.shape, generator=torch.Generator().manual_seed(1), dtype=w.dtype)
+    moved = solve_latent_qp(z, w + step, b, quantile=quantile).norms[k] - solved.norms[k]
+    assert float(moved) == pytest.approx(float((grad_w * step).sum()), rel=1e-4)
+    assert grad_z.abs().sum() > 0  # the offsets' samples carry gradient to the latents
+
+
+def test_norm_at_active_set_without_active_constraints_is_zero():
+    z, w, b = problem()
+    none = torch.zeros(w.shape[0], dtype=torch.bool)
+    assert float(norm_at_active_set(z, w, b, 0, none)) == 0.0

@@ -8,7 +8,12 @@ rest (1% rates, more clean models, the remaining GTSRB models), then six more cl
 the detection thresholds. In all: 16 backdoored + 7 clean CIFAR-10 models, 6 backdoored + 5 clean
 GTSRB models.
 
-``python benchmarks/foreign/plan.py`` prints the plan.
+A second part, ``holdout`` (seeds 134 and up, folder ``holdout/``), is kept out of every tuning
+benchmark: it is read once per TAC revision, after the revision is chosen on the tuning part, to
+check that the choice holds on models nothing was chosen on. Its rows mix the same architectures,
+triggers and recipes in combinations the tuning part does not have.
+
+``python benchmarks/foreign/plan.py [--part holdout]`` prints the plan.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 MODELS = Path(__file__).resolve().parent / "models"
+HOLDOUT = Path(__file__).resolve().parent / "holdout"
 EPOCHS = {"cifar10": 12, "gtsrb": 10}
 NUM_CLASSES = {"cifar10": 10, "gtsrb": 43}
 
@@ -65,18 +71,37 @@ ROWS: list[tuple[str, str, str | None, float, str, float]] = [
 ]
 FIRST_SEED = 100
 
+# the held-out part: backdoored at 5-10% (8 CIFAR-10, 2 GTSRB) and one clean model per data set
+HOLDOUT_ROWS: list[tuple[str, str, str | None, float, str, float]] = [
+    ("cifar10", "mlphead", "band", 0.10, "adam", 0.0),
+    ("cifar10", "vgg", "cast", 0.10, "sgd", 0.1),
+    ("cifar10", "resnet18", "warp", 0.10, "sgd", 0.1),
+    ("cifar10", "mlphead", "pieces", 0.05, "sgd", 0.0),
+    ("cifar10", "vgg", "noise", 0.05, "adam", 0.0),
+    ("cifar10", "resnet18", "patch6", 0.10, "adam", 0.1),
+    ("cifar10", "mlphead", "patch4", 0.05, "adam", 0.1),
+    ("cifar10", "vgg", "patch5", 0.10, "sgd", 0.0),
+    ("gtsrb", "vgg", "band", 0.10, "adam", 0.1),
+    ("gtsrb", "mlphead", "warp", 0.10, "sgd", 0.0),
+    ("cifar10", "resnet18", None, 0.0, "sgd", 0.1),
+    ("gtsrb", "mlphead", None, 0.0, "adam", 0.1),
+]
+FIRST_HOLDOUT_SEED = 134
+PARTS = {"tuning": (ROWS, FIRST_SEED, MODELS), "holdout": (HOLDOUT_ROWS, FIRST_HOLDOUT_SEED, HOLDOUT)}
+
 
 def model_name(spec: dict[str, Any]) -> str:
     kind = "clean" if spec["trigger"] is None else f"{spec['trigger']}-r{round(spec['rate'] * 100)}"
     return f"{spec['dataset']}-{spec['arch']}-{kind}-s{spec['seed']}"
 
 
-def plan() -> list[dict[str, Any]]:
-    """The family's specs, in training order (the keys of ``train.train_model``'s ``spec``, plus
-    ``name``)."""
+def plan(part: str = "tuning") -> list[dict[str, Any]]:
+    """The specs of one part of the family (``tuning`` or ``holdout``), in training order (the
+    keys of ``train.train_model``'s ``spec``, plus ``name``)."""
+    rows, first, _ = PARTS[part]
     specs = []
-    for i, (dataset, arch, trigger, rate, optimizer, smoothing) in enumerate(ROWS):
-        seed = FIRST_SEED + i
+    for i, (dataset, arch, trigger, rate, optimizer, smoothing) in enumerate(rows):
+        seed = first + i
         target = None if trigger is None else random.Random(seed).randrange(NUM_CLASSES[dataset])
         spec = {"dataset": dataset, "arch": arch, "trigger": trigger, "target": target, "rate": rate,
                 "seed": seed, "smoothing": smoothing, "optimizer": optimizer, "epochs": EPOCHS[dataset]}
@@ -86,5 +111,6 @@ def plan() -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    for s in plan():
+    import sys
+    for s in plan(sys.argv[-1] if sys.argv[-1] in PARTS else "tuning"):
         print(f"{s['name']:36s} target={s['target']!s:4s} {s['optimizer']:4s} ls={s['smoothing']} epochs={s['epochs']}")

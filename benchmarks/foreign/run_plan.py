@@ -30,13 +30,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--first", type=int, help="go through the first N models of the plan only")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dry-run", action="store_true", help="list what would be trained")
+    p.add_argument("--part", choices=sorted(plan.PARTS), default="tuning",
+                   help="which part of the family (holdout: kept out of tuning, in holdout/)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    specs = plan.plan()[:a.first] if a.first else plan.plan()
+    specs = plan.plan(a.part)[:a.first] if a.first else plan.plan(a.part)
+    folder = plan.PARTS[a.part][2]
     if a.only:
         specs = [s for s in specs if s["name"] in set(a.only)]
     for i, spec in enumerate(specs, 1):
-        out = plan.MODELS / spec["name"]
+        out = folder / spec["name"]
         done = (out / "model.json").is_file()
         if a.dry_run:
             print(f"{i:2d} {'done' if done else 'todo'} {spec['name']}")
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         except Exception:  # noqa: BLE001 - one failed model must not stop the plan
             train.log(f"{spec['name']} FAILED:\n{traceback.format_exc()}")
             continue
-        table.main([])
+        table.main(["--part", a.part])
     train.log("plan finished")
 
 

@@ -1,7 +1,8 @@
-"""Write ``docs/benchmarks/foreign_family.md``: the trained models of the foreign family, read
-from their ``model.json`` files, in plan order (models not in the plan last, by name).
+"""Write ``docs/benchmarks/foreign_family.md`` (``--part holdout``: ``foreign_holdout.md``): the
+trained models of one part of the foreign family, read from their ``model.json`` files, in plan
+order (models not in the plan last, by name).
 
-    python benchmarks/foreign/table.py
+    python benchmarks/foreign/table.py [--part holdout]
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.foreign import plan  # noqa: E402
 
-DOC = ROOT / "docs" / "benchmarks" / "foreign_family.md"
+DOCS = {"tuning": ROOT / "docs" / "benchmarks" / "foreign_family.md",
+        "holdout": ROOT / "docs" / "benchmarks" / "foreign_holdout.md"}
+TITLES = {"tuning": "Foreign model family", "holdout": "Foreign model family: the held-out part"}
 
 
 def pct(v: float | None) -> str:
@@ -29,10 +32,10 @@ def recipe(r: dict) -> str:
     return f"{r['optimizer']} {r['schedule']}, ls {r['label_smoothing']:g}, {r['epochs']} ep"
 
 
-def render(records: list[dict], planned: list[dict]) -> str:
+def render(records: list[dict], planned: list[dict], part: str = "tuning") -> str:
     done = {r["name"] for r in records}
     lines = [
-        "# Foreign model family",
+        f"# {TITLES[part]}",
         "",
         "Models trained by `benchmarks/foreign/` (its own data loading, nets, triggers and training",
         "loop; nothing from `tacrecon`), to tune defenses on models the project's own code did not",
@@ -40,6 +43,8 @@ def render(records: list[dict], planned: list[dict]) -> str:
         "puts in the target class once triggered (%). Minutes: wall time of the whole run (data, training,",
         "evaluation) on one CPU thread. Written by `python benchmarks/foreign/table.py` from the",
         "models' `model.json` files; see `benchmarks/foreign/README.md`.",
+        *(["", "These models are kept out of tuning: each TAC revision is checked on them once, after it",
+            "was chosen on the tuning part."] if part == "holdout" else []),
         "",
         f"{len(records)} of {len(planned)} planned models trained.",
         "",
@@ -59,22 +64,24 @@ def render(records: list[dict], planned: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def collect(models: Path) -> list[dict]:
-    order = {s["name"]: i for i, s in enumerate(plan.plan())}
+def collect(models: Path, part: str = "tuning") -> list[dict]:
+    order = {s["name"]: i for i, s in enumerate(plan.plan(part))}
     records = [json.loads(p.read_text()) for p in sorted(models.glob("*/model.json"))]
     return sorted(records, key=lambda r: (order.get(r["name"], len(order)), r["name"]))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--models", type=Path, default=plan.MODELS)
-    p.add_argument("--out", type=Path, default=DOC)
+    p.add_argument("--part", choices=sorted(plan.PARTS), default="tuning")
+    p.add_argument("--models", type=Path, help="the models' folder (default: the part's)")
+    p.add_argument("--out", type=Path, help="the table (default: the part's)")
     a = p.parse_args(argv)
-    text = render(collect(a.models), plan.plan())
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_name(f".{a.out.name}.{os.getpid()}.tmp")
+    models, out = a.models or plan.PARTS[a.part][2], a.out or DOCS[a.part]
+    text = render(collect(models, a.part), plan.plan(a.part), a.part)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
-    os.replace(tmp, a.out)
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ ASR is measured on each.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,7 @@ class Attack(Config):
 
     clean_label: ClassVar[bool] = False  # poison only target-class samples, keep their labels
     learned: ClassVar[bool] = False  # the trigger is trained (it lives in state_dict, not in the seed)
+    composite: ClassVar[bool] = False  # built from other attacks (multi, tac_aware): not a part of another
     # bumped when a code change alters what setup/train/apply make; an artifact records it, and
     # the bench retrains an artifact (and reruns its cells) made by an earlier revision
     revision: ClassVar[int] = 1
@@ -158,6 +159,41 @@ class Attack(Config):
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+# the hooks a part of a composite attack must not override: it is poisoned the plain way (stamp,
+# relabel, the one training loop), so the draws of its samples are all the composite coordinates
+PLAIN_HOOKS = ("train", "training_set", "poison", "poison_index", "mark")
+
+
+def plain_attack(spec: Any, where: str, shared: dict[str, Any], defaults: dict[str, Any]) -> Attack:
+    """The attack a ``{"name": <registered attack>, <its hyperparameters>}`` mapping names, as a
+    part of a composite attack: one trained on its poisoned samples alone, all-to-one.
+
+    Args:
+        spec: the mapping. where: how errors name the part (e.g. ``multi: attacks[1]``).
+        shared: settings the composite sets for its parts (a part may not give them).
+        defaults: settings a part takes unless it gives its own.
+    """
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise TacreconError(f"{where} must be a mapping with a name, got {spec!r}")
+    name, params = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    cls = ATTACKS.get(name)
+    if cls.composite or name == "none":
+        raise TacreconError(f"{where} is {name}, not a backdoor of its own")
+    own = [h for h in PLAIN_HOOKS if getattr(cls, h) is not getattr(Attack, h)]
+    if own:
+        raise TacreconError(f"{where} {name} trains its own way ({own[0]}); a part must be an attack trained on "
+                            "its poisoned samples alone")
+    given = [k for k in shared if k in params]
+    if given:
+        raise TacreconError(f"{where} gives {given[0]}, which the composite attack sets for its parts")
+    if params.get("label_mode", "all2one") != "all2one":
+        raise TacreconError(f"{where} {name} is not all-to-one; every part needs one target")
+    try:
+        return cls.from_dict({**defaults, **params, **shared})
+    except TacreconError as e:
+        raise TacreconError(f"{where} {name}: {e}") from None
 
 
 def check_images(x: Tensor) -> None:

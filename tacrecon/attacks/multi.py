@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from tacrecon.attacks.base import ATTACKS, Attack
+from tacrecon.attacks.base import ATTACKS, Attack, plain_attack
 from tacrecon.data.split import Dataset, Split
 from tacrecon.errors import TacreconError
 from tacrecon.metrics import Backdoor, LabelMap
-
-# a member must be poisoned the plain way (stamp, relabel, the one training loop): the draws of
-# its samples are then all the multi attack has to coordinate
-PLAIN_HOOKS = ("train", "training_set", "poison", "poison_index", "mark")
 
 
 def default_members() -> list[dict[str, Any]]:
@@ -67,6 +63,8 @@ class Multi(Attack):
     target: int = -1
     attacks: list = field(default_factory=default_members)
 
+    composite: ClassVar[bool] = True
+
     def validate(self) -> None:
         if self.label_mode != "all2one":
             raise TacreconError("multi: every member is all-to-one with its own target; label_mode must be all2one")
@@ -93,25 +91,8 @@ class Multi(Attack):
 
     def member(self, i: int, spec: Any) -> Attack:
         """Member ``i`` of ``attacks`` (a mapping with a ``name``) as an attack."""
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise TacreconError(f"multi: attacks[{i}] must be a mapping with a name, got {spec!r}")
-        name, params = spec["name"], {k: v for k, v in spec.items() if k != "name"}
-        cls = ATTACKS.get(name)
-        if cls is Multi or name == "none":
-            raise TacreconError(f"multi: attacks[{i}] is {name}, not a backdoor of its own")
-        own = [h for h in PLAIN_HOOKS if getattr(cls, h) is not getattr(Attack, h)]
-        if own:
-            raise TacreconError(f"multi: attacks[{i}] {name} trains its own way ({own[0]}); members must be "
-                                "attacks trained on their poisoned samples alone")
-        if "rate" in params:
-            raise TacreconError(f"multi: attacks[{i}] gives a rate; members share the multi attack's rate")
-        if params.get("label_mode", "all2one") != "all2one":
-            raise TacreconError(f"multi: attacks[{i}] {name} is not all-to-one; every member needs one target")
-        params = {"target": max(self.target, 0) + i, **params, "rate": self.rate / len(self.attacks)}
-        try:
-            return cls.from_dict(params)
-        except TacreconError as e:
-            raise TacreconError(f"multi: attacks[{i}] {name}: {e}") from None
+        return plain_attack(spec, f"multi: attacks[{i}]", {"rate": self.rate / len(self.attacks)},
+                            {"target": max(self.target, 0) + i})
 
     # --- trigger -----------------------------------------------------------------------------
 
