@@ -1,6 +1,7 @@
 """TAC's default scan and repair on the foreign model family (tuning models: seeds 100 and up).
 
 Usage: python benchmarks/tac_foreign.py --data-root DIR [--models NAME ...] [--config KEY=VALUE ...]
+                                        [--part holdout] [--name tac_foreign]
 
 Each model of benchmarks/foreign/models (trained by code that shares nothing with tacrecon) is
 loaded as a user's module (``benchmarks/foreign/nets.py:Factory`` with its weights), the
@@ -74,12 +75,15 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
+    parser.add_argument("--part", choices=["tuning", "holdout"], default="tuning",
+                        help="holdout: the family's held-out part (benchmarks/foreign/holdout), read once per revision")
     parser.add_argument("--name", default="tac_foreign", help="result name (a folder of per-model JSON and a table)")
     args = parser.parse_args()
     config = parse_sets(args.config)
     cache = DOCS / args.name
     results = []
-    for folder in sorted(p for p in (FAMILY / "models").iterdir() if (p / "model.json").is_file()):
+    models = FAMILY / ("holdout" if args.part == "holdout" else "models")
+    for folder in sorted(p for p in models.iterdir() if (p / "model.json").is_file()):
         if args.models and folder.name not in args.models:
             continue
         path = cache / f"{folder.name}.json"

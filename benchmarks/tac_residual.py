@@ -24,7 +24,8 @@ model is then examined with clean data only, by candidate estimates of the resid
   TAC's ``check`` settings): the best small masked patch for the target and for up to 9 other
   classes; the estimate is the target's success minus the other classes' median.
 
-``--clean`` adds the clean foreign models, repaired by mistake on the class their scan ranks
+``--part holdout`` repairs the foreign family's held-out part instead (benchmarks/foreign/README.md):
+read once per TAC revision, never tuned on. ``--clean`` adds the clean foreign models, repaired by mistake on the class their scan ranks
 cheapest: what a false alarm costs in accuracy.
 
 The true residual is the ASR on the test split with the model's own trigger; accuracy is reported
@@ -174,8 +175,11 @@ def run(case: dict, estimates: list[str], eps: float, steps: int, config: dict, 
     return out
 
 
-def cases(root: str | None, wanted: list[str] | None, clean_too: bool):
+def cases(root: str | None, wanted: list[str] | None, clean_too: bool, part: str = "tuning"):
     datasets: dict = {}
+    if part == "holdout":  # the foreign family's held-out part only
+        yield from foreign_cases(FAMILY / "holdout", root, wanted, clean_too, datasets)
+        return
     for seed in (100, 101, 102):
         if not wanted or f"own-digits-badnets-s{seed}" in wanted:
             yield f"own-digits-badnets-s{seed}", lambda s=seed: digits_case(s, datasets)
@@ -183,7 +187,11 @@ def cases(root: str | None, wanted: list[str] | None, clean_too: bool):
         name = f"own-{dataset}-{attack}-s{seed}"
         if not wanted or name in wanted:
             yield name, lambda d=dataset, a=arch, t=attack, s=seed: own_case(d, a, t, s, root, datasets)
-    for folder in sorted(p for p in (FAMILY / "models").iterdir() if (p / "model.json").is_file()):
+    yield from foreign_cases(FAMILY / "models", root, wanted, clean_too, datasets)
+
+
+def foreign_cases(models: Path, root: str | None, wanted: list[str] | None, clean_too: bool, datasets: dict):
+    for folder in sorted(p for p in models.iterdir() if (p / "model.json").is_file()):
         if (clean_too or not read_json(folder / "model.json")["clean"]) and (not wanted or folder.name in wanted):
             yield folder.name, lambda f=folder: foreign_case(f, root, datasets)
 
@@ -197,13 +205,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
     parser.add_argument("--clean", action="store_true", help="also repair the clean foreign models, by mistake")
+    parser.add_argument("--part", choices=["tuning", "holdout"], default="tuning",
+                        help="holdout: the foreign family's held-out part only (benchmarks/foreign/holdout)")
     parser.add_argument("--name", default="tac_residual", help="result name (a folder of per-model JSON and a table)")
     args = parser.parse_args()
     config = parse_sets(args.config)
     torch.set_num_threads(1)
     folder = DOCS / args.name
     results = []
-    for name, make in cases(args.data_root, args.models, args.clean):
+    for name, make in cases(args.data_root, args.models, args.clean, args.part):
         path = folder / f"{name}.json"
         done = read_json(path) if path.is_file() else None
         if done is not None and tuple(done.get(k, {}) for k in ("eps", "steps", "config")) != (args.eps, args.steps, config):
