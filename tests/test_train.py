@@ -134,3 +134,10 @@ def test_dropout_draws_do_not_depend_on_what_ran_before():
     before = torch.random.get_rng_state()
     assert torch.equal(trained(1)[0], trained(2)[0])
     torch.random.set_rng_state(before)
+
+
+def test_an_epoch_leaves_out_a_tiny_last_batch():
+    from tacrecon.train import MIN_TAIL, batches_per_epoch
+    assert batches_per_epoch(258, 128) == 2  # a tail of 2 images: batch norm on noise
+    assert batches_per_epoch(256 + MIN_TAIL, 128) == 3 and batches_per_epoch(287, 128) == 3
+    assert batches_per_epoch(256, 128) == 2 and batches_per_epoch(5, 128) == 1  # one small batch is all there is

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
@@ -39,9 +39,10 @@ from tacrecon.tac.repair import plan_pruning, refresh_shifts, search_patch_stand
 from tacrecon.tac.residual import Residual, estimate_residual
 from tacrecon.tac.stand_in import BatchHook, ChasingStandIns, chain, stamp_patches, stamp_stand_ins
 
-# settings that records of revisions <= 6 did not store: the values those revisions used (no self-check)
-_UNSTORED = {"momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0, "distill_stamped": True, "stand_in_chase": 0,
-             "stand_in_chase_step": 0.01, "stand_in_patch": 0, "stand_in_patch_steps": 60, "stand_in_patch_lr": 0.3,
+# settings that records of earlier revisions did not store: the values those revisions used (no self-check)
+_UNSTORED = {"prune_low": True, "momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0, "distill_stamped": True,
+             "stand_in_chase": 0, "stand_in_chase_step": 0.01, "stand_in_patch": 0, "stand_in_patch_steps": 60,
+             "stand_in_patch_lr": 0.3,
              **{key: getattr(SelfCheckConfig(rounds=0), name) for key, (group, name) in FLAT.items() if group == "check"}}
 
 
@@ -185,25 +186,29 @@ class TAC(FinetuneDefense):
     def checked_repair(self, model: Classifier, clean: Split, targets: list[int], generator: torch.Generator) -> None:
         """Repair rounds on all but the held-out part of ``clean``: after each, the held-out
         accuracy and the residual estimate of every target. While a backdoor looks present and the
-        accuracy drop is within the budget, another round runs with the TAC loss (beta >= 1):
-        from the model as it was (``check.next`` restart) or on the current one (continue). A
-        later round that drops the accuracy past the budget is undone."""
+        accuracy drop is within the budget, another round runs: with the TAC loss (beta >= 1)
+        from the model as it was (``check.next`` restart) or on the current one (continue), or
+        from the model as it was with the low-side targets pruned (prune). A later round that
+        drops the accuracy past the budget is undone."""
         cfg = self.check
         self.teacher_ = copy.deepcopy(model).eval() if self.distill > 0 else None
         train, held = clean.split_off(cfg.held_out if cfg.rounds else 0.0, generator.initial_seed())
         accs = [accuracy(model, held)] if len(held) else []
         original = copy.deepcopy(model.state_dict()) if cfg.rounds > 1 else None
-        found, beta, reverted = self.scan_, self.beta, False
+        found, beta, pruning, reverted = self.scan_, self.beta, self.pruning, False
         for round_ in range(max(1, cfg.rounds)):
             previous = (copy.deepcopy(model.state_dict()), list(self.pruned_)) if round_ > 0 else None
             if round_ > 0:
-                beta = max(self.beta, 1.0)
-                if cfg.next == "restart":
+                if cfg.next == "continue":
+                    beta, found = max(self.beta, 1.0), self.scan(model, clean)
+                else:
                     model.load_state_dict(original)
                     self.pruned_, found = [], self.scan_
-                else:
-                    found = self.scan(model, clean)
-            self.repair_model(model, clean, train, targets, found, beta, generator)
+                    if cfg.next == "restart":
+                        beta = max(self.beta, 1.0)
+                    else:
+                        pruning = replace(self.pruning, low=True)
+            self.repair_model(model, clean, train, targets, found, beta, generator, pruning)
             if cfg.rounds == 0:
                 break
             accs += [accuracy(model, held)] if len(held) else []
@@ -222,14 +227,15 @@ class TAC(FinetuneDefense):
                            reverted=reverted, residual=[{t: r.record() for t, r in rs.items()} for rs in self.residuals_])
 
     def repair_model(self, model: Classifier, clean: Split, train: Split, targets: list[int], found: ScanResult,
-                     beta: float, generator: torch.Generator) -> None:
+                     beta: float, generator: torch.Generator, pruning: PruneConfig | None = None) -> None:
         """One round: stand-in triggers, then (``method`` prune) the pruning of the TAC's units of
-        ``found`` (a scan of ``model`` on ``clean``), then the fine-tune on ``train``."""
+        ``found`` (a scan of ``model`` on ``clean``; ``pruning``, default the estimator's), then
+        the fine-tune on ``train``."""
         hook, stamped = self.stand_in_hook(model, train, targets, found, generator) if self.epochs > 0 else (None, 0.0)
         if self.method == "finetune":
             self.unlearn(model, train, targets, found.shifts[targets].float(), beta, generator, hook, stamped)
             return
-        plan = plan_pruning(model, clean, found, targets, self.pruning, self.detection, self.robust, self.prior)
+        plan = plan_pruning(model, clean, found, targets, pruning or self.pruning, self.detection, self.robust, self.prior)
         self.pruned_ = sorted(set(self.pruned_) | set(plan.units))
         d = found.latents.shape[1]
         self.stats_.update(pruned=len(self.pruned_), latent_dim=d, relative_norms=plan.relative_norms,

@@ -104,6 +104,10 @@ class PruneConfig(Config):
             (largest |s_t| over the unit's clean standard deviation).
         peak_max_drop: a high-side class is pruned to the peak of its norm, stopping before the
             clean accuracy of the pruned head falls by more than this.
+        low: prune the low-side targets too (and those of the robust look); False: only the
+            high-side ones (a clean-label trigger's units), the low-side ones are left to the
+            fine-tune and its stand-ins (pruning there costs accuracy on models of other
+            recipes: docs/method.md).
     """
 
     stop: float = 1.2
@@ -111,6 +115,7 @@ class PruneConfig(Config):
     max: float = 0.5
     rank: str = "shift"
     peak_max_drop: float = 0.01
+    low: bool = True
 
     def validate(self) -> None:
         if self.stop <= 0 or self.step < 0 or not 0 < self.max <= 1:
@@ -173,8 +178,10 @@ class SelfCheckConfig(Config):
             can be trusted so far).
         held_out: share of the clean set kept out of the repair, to measure its accuracy cost.
         budget: the accuracy drop on the held-out images that ends the rounds.
-        next: what a later round starts from: ``restart`` (the model as it was before the
-            repair) or ``continue`` (the current model, scanned again).
+        next: what a later round does: ``restart`` (from the model as it was before the repair,
+            with the TAC loss), ``continue`` (on the current model, scanned again, with the TAC
+            loss) or ``prune`` (from the model as it was, with the low-side targets' units pruned
+            first: for a repair whose first round leaves them unpruned, ``prune_low`` false).
         margin: the residual score (target's patch success minus the other classes' median)
             above which the backdoor counts as present.
         pixels: the patch's budget in pixels.
@@ -197,8 +204,8 @@ class SelfCheckConfig(Config):
         if self.rounds < 0 or not 0 <= self.held_out < 0.5 or not 0 <= self.budget <= 1:
             raise TacreconError(f"need check_rounds >= 0, held_out in [0, 0.5) and check_budget in [0, 1], got "
                                 f"{self.rounds}, {self.held_out}, {self.budget}")
-        if self.next not in ("restart", "continue"):
-            raise TacreconError(f"check_next must be restart or continue, got {self.next!r}")
+        if self.next not in ("restart", "continue", "prune"):
+            raise TacreconError(f"check_next must be restart, continue or prune, got {self.next!r}")
         if min(self.pixels, self.classes, self.steps, self.batch_size) < 1 or self.lr <= 0:
             raise TacreconError(f"need check_pixels, check_classes, check_steps, check_batch_size >= 1 and check_lr > 0, "
                                 f"got {self.pixels}, {self.classes}, {self.steps}, {self.batch_size}, {self.lr}")
@@ -213,7 +220,7 @@ FLAT: dict[str, tuple[str, str]] = {
                                               "max_relative", "high_relative")},
     **{f"robust_{name}": ("robust", name) for name in ("quantile", "threshold", "max_relative")},
     "prior": ("prior", "mode"), "prior_ratio": ("prior", "ratio"), "prior_alpha": ("prior", "alpha"),
-    **{f"prune_{name}": ("pruning", name) for name in ("stop", "step", "max", "rank")},
+    **{f"prune_{name}": ("pruning", name) for name in ("stop", "step", "max", "rank", "low")},
     "peak_max_drop": ("pruning", "peak_max_drop"),
     **{f"stand_in_{name}": ("stand_in", name) for name in ("eps", "share", "steps", "lr", "chase",
                                                                                 "chase_step", "patch", "patch_steps",

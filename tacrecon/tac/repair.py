@@ -97,8 +97,8 @@ def plan_pruning(model: Classifier, clean: Split, found: ScanResult, targets: li
     """The latent units to prune for ``targets``, from the scan's clean latents only.
 
     A low-side target is pruned until its norm is ``cfg.stop`` x the median (:func:`prune_plan`),
-    one found only by the robust look until its robust norm is, and a high-side target to the
-    peak of its norm (:func:`prune_to_peak`).
+    one found only by the robust look until its robust norm is (both only with ``cfg.low``), and
+    a high-side target to the peak of its norm (:func:`prune_to_peak`).
     """
     latents, d = found.latents, found.latents.shape[1]
     weight, bias = head_of(model, detection.bias)
@@ -106,13 +106,13 @@ def plan_pruning(model: Classifier, clean: Split, found: ScanResult, targets: li
     scale = latents.double().std(0).clamp_min(1e-6) if cfg.rank == "shift_std" else None
     limit = int(cfg.max * d)
     plan = PrunePlan()
-    low = [t for t in targets if t not in found.high_side and t not in found.robust]
+    low = [t for t in targets if t not in found.high_side and t not in found.robust] if cfg.low else []
     if low:
         weights = (found.plain.prior if detection.score == "norm"
                    else class_prior(found.plain.qp.norms, clean.y, model.num_classes, prior))
         plan.units, plan.relative_norms = prune_plan(latents, weight, bias, low, cfg.stop, step, limit,
                                                      detection.qp_quantile, scale, prior=weights)
-    robust_targets = [t for t in targets if t in found.robust]
+    robust_targets = [t for t in targets if t in found.robust] if cfg.low else []
     if robust_targets and found.robust_look is not None:
         more, history = prune_plan(latents, weight, bias, robust_targets, cfg.stop, step, limit - len(plan.units),
                                    robust.quantile, scale, exclude=plan.units, prior=found.robust_look.prior)
