@@ -269,3 +269,29 @@ def test_a_later_round_past_the_budget_is_undone(planted, monkeypatch):
     tac = make_tac(epochs=1, stand_in_steps=5, check_rounds=2).fit(art.model, clean, torch.Generator().manual_seed(0))
     assert tac.stats_["reverted"] and tac.stats_["rounds"] == 1 and tac.stats_["held_out_acc"] == [0.95, 0.95, 0.90]
     assert all(torch.equal(v, first["state"][k]) for k, v in tac.model_.state_dict().items())
+
+
+@pytest.mark.parametrize("accs,rounds,reverted", [
+    ([0.95, 0.90, 0.94], 2, False),  # the first round is over the budget: the gentle one runs and is kept
+    ([0.95, 0.94], 1, False),  # within the budget: one round
+    ([0.95, 0.90, 0.88], 1, True),  # the gentle round loses more still: undone
+])
+def test_gentle_round_runs_only_past_the_budget(planted, monkeypatch, accs, rounds, reverted):
+    import tacrecon.defenses.tac as tac_module
+
+    art, clean = planted["badnets"]
+    scripted_residuals(monkeypatch, [])  # the gentle mode estimates no residual: a call would fail
+    queue = iter(accs)
+    monkeypatch.setattr(tac_module, "accuracy", lambda model, data: next(queue))
+    calls, repair = [], TAC.repair_model
+
+    def spy(self, model, clean, train, targets, found, beta, generator, pruning=None, distill=None):
+        calls.append(((pruning or self.pruning).low, distill))
+        return repair(self, model, clean, train, targets, found, beta, generator, pruning, distill)
+
+    monkeypatch.setattr(TAC, "repair_model", spy)
+    tac = make_tac(epochs=1, stand_in_steps=5, check_rounds=2, check_next="gentle").fit(
+        art.model, clean, torch.Generator().manual_seed(0))
+    assert calls == [(True, None), (False, (1.0, False))][:len(accs) - 1]  # unpruned low side, distilled
+    assert tac.stats_["rounds"] == rounds and tac.stats_["reverted"] == reverted
+    assert tac.stats_["held_out_acc"] == accs

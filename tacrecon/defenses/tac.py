@@ -184,18 +184,22 @@ class TAC(FinetuneDefense):
             self.repaired_ = True
 
     def checked_repair(self, model: Classifier, clean: Split, targets: list[int], generator: torch.Generator) -> None:
-        """Repair rounds on all but the held-out part of ``clean``: after each, the held-out
-        accuracy and the residual estimate of every target. While a backdoor looks present and the
-        accuracy drop is within the budget, another round runs: with the TAC loss (beta >= 1)
-        from the model as it was (``check.next`` restart) or on the current one (continue), or
-        from the model as it was with the low-side targets pruned (prune). A later round that
-        drops the accuracy past the budget is undone."""
+        """Repair rounds on all but the held-out part of ``clean``, the held-out accuracy measured
+        after each. ``check.next`` gentle: when the first round drops it past the budget, a second
+        round restarts from the model as it was, without pruning the low-side targets and with
+        distillation on the unstamped images (weight ``distill``, 1 when 0), and is kept unless
+        its accuracy is lower still. Otherwise, after each round, the residual estimate of every
+        target; while a backdoor looks present and the accuracy drop is within the budget, another
+        round runs: with the TAC loss (beta >= 1) from the model as it was (restart) or on the
+        current one (continue), or from the model as it was with the low-side targets pruned
+        (prune). A later round that drops the accuracy past the budget is undone."""
         cfg = self.check
-        self.teacher_ = copy.deepcopy(model).eval() if self.distill > 0 else None
+        gentle = cfg.next == "gentle" and cfg.rounds > 1
+        self.teacher_ = copy.deepcopy(model).eval() if self.distill > 0 or gentle else None
         train, held = clean.split_off(cfg.held_out if cfg.rounds else 0.0, generator.initial_seed())
         accs = [accuracy(model, held)] if len(held) else []
         original = copy.deepcopy(model.state_dict()) if cfg.rounds > 1 else None
-        found, beta, pruning, reverted = self.scan_, self.beta, self.pruning, False
+        found, beta, pruning, distill, reverted, rounds = self.scan_, self.beta, self.pruning, None, False, 0
         for round_ in range(max(1, cfg.rounds)):
             previous = (copy.deepcopy(model.state_dict()), list(self.pruned_)) if round_ > 0 else None
             if round_ > 0:
@@ -204,36 +208,41 @@ class TAC(FinetuneDefense):
                 else:
                     model.load_state_dict(original)
                     self.pruned_, found = [], self.scan_
-                    if cfg.next == "restart":
-                        beta = max(self.beta, 1.0)
-                    else:
-                        pruning = replace(self.pruning, low=True)
-            self.repair_model(model, clean, train, targets, found, beta, generator, pruning)
+                    beta = max(self.beta, 1.0) if cfg.next == "restart" else beta
+                    pruning = replace(self.pruning, low=cfg.next == "prune") if cfg.next != "restart" else pruning
+                    distill = (self.distill or 1.0, False) if gentle else None
+            self.repair_model(model, clean, train, targets, found, beta, generator, pruning, distill)
+            rounds += 1
             if cfg.rounds == 0:
                 break
             accs += [accuracy(model, held)] if len(held) else []
             over = bool(accs) and accs[0] - accs[-1] > cfg.budget
-            if previous is not None and over:
+            if previous is not None and (accs[-1] < accs[-2] if gentle else over):
                 model.load_state_dict(previous[0])
-                self.pruned_, reverted = previous[1], True
+                self.pruned_, reverted, rounds = previous[1], True, rounds - 1
                 break
+            if gentle:
+                if not over or previous is not None:
+                    break
+                continue
             start = time.perf_counter()
             self.residuals_.append({t: estimate_residual(model, clean, t, cfg, generator) for t in targets})
             self.stats_["check_seconds"] = self.stats_.get("check_seconds", 0.0) + time.perf_counter() - start
             if over or not any(r.score > cfg.margin for r in self.residuals_[-1].values()):
                 break
         self.teacher_ = None  # the model before the repair, only needed while it runs
-        self.stats_.update(rounds=max(1, len(self.residuals_)), held_out=len(held), held_out_acc=accs,
+        self.stats_.update(rounds=rounds, held_out=len(held), held_out_acc=accs,
                            reverted=reverted, residual=[{t: r.record() for t, r in rs.items()} for rs in self.residuals_])
 
     def repair_model(self, model: Classifier, clean: Split, train: Split, targets: list[int], found: ScanResult,
-                     beta: float, generator: torch.Generator, pruning: PruneConfig | None = None) -> None:
+                     beta: float, generator: torch.Generator, pruning: PruneConfig | None = None,
+                     distill: tuple[float, bool] | None = None) -> None:
         """One round: stand-in triggers, then (``method`` prune) the pruning of the TAC's units of
         ``found`` (a scan of ``model`` on ``clean``; ``pruning``, default the estimator's), then
-        the fine-tune on ``train``."""
+        the fine-tune on ``train`` (``distill``: see :meth:`unlearn`)."""
         hook, stamped = self.stand_in_hook(model, train, targets, found, generator) if self.epochs > 0 else (None, 0.0)
         if self.method == "finetune":
-            self.unlearn(model, train, targets, found.shifts[targets].float(), beta, generator, hook, stamped)
+            self.unlearn(model, train, targets, found.shifts[targets].float(), beta, generator, hook, stamped, distill)
             return
         plan = plan_pruning(model, clean, found, targets, pruning or self.pruning, self.detection, self.robust, self.prior)
         self.pruned_ = sorted(set(self.pruned_) | set(plan.units))
@@ -247,7 +256,7 @@ class TAC(FinetuneDefense):
                 shifts = (reconstruct(model, latents_of(model, clean.x), self.detection.bias,
                                       self.detection.qp_quantile).shifts[targets].float()
                           if beta > 0 else head.weight.new_zeros(len(targets), d))
-                self.unlearn(model, train, targets, shifts, beta, generator, hook, stamped)
+                self.unlearn(model, train, targets, shifts, beta, generator, hook, stamped, distill)
 
     def stand_in_hook(self, model: Classifier, train: Split, targets: list[int], found: ScanResult,
                       generator: torch.Generator) -> tuple[BatchHook | None, float]:
@@ -278,17 +287,20 @@ class TAC(FinetuneDefense):
         return (chain(*hooks) if hooks else None), stamped
 
     def unlearn(self, model: Classifier, clean: Split, targets: list[int], shifts: Tensor, beta: float,
-                generator: torch.Generator, batch_hook: BatchHook | None, stamped: float = 0.0) -> list[float]:
+                generator: torch.Generator, batch_hook: BatchHook | None, stamped: float = 0.0,
+                distill: tuple[float, bool] | None = None) -> list[float]:
         """Fine-tune ``model`` in place with the TAC loss of the s_t ``shifts`` (T, d) (and the
-        distillation from ``self.teacher_`` when ``distill`` > 0, left off the first ``stamped``
-        share of each batch unless ``distill_stamped``); returns the loss of each epoch."""
+        distillation from ``self.teacher_`` when its weight is > 0, left off the first ``stamped``
+        share of each batch unless it is distilled on the stamped images too; ``distill``: that
+        (weight, on stamped images), default the estimator's ``distill`` and ``distill_stamped``);
+        returns the loss of each epoch."""
         current = [shifts.reshape(len(targets), -1)]
         head = model.get_classifier()
         params = [p for p in model.parameters()
                   if not (self.freeze_head and any(p is q for q in head.parameters()))]
         epoch_hook = refresh_shifts(model, clean, targets, current, self.detection) if self.recompute else None
         teacher = getattr(self, "teacher_", None)  # set during a fit; unlearn may also run on its own
-        loss = unlearn_loss(current, targets, beta, teacher, self.distill,
-                            skip=0.0 if self.distill_stamped else stamped)
+        weight, on_stamped = distill or (self.distill, self.distill_stamped)
+        loss = unlearn_loss(current, targets, beta, teacher, weight, skip=0.0 if on_stamped else stamped)
         return self.finetune(model, clean, generator, loss_fn=loss, params=params,
                              batch_hook=batch_hook, epoch_hook=epoch_hook, nesterov=True)

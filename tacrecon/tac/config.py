@@ -180,8 +180,10 @@ class SelfCheckConfig(Config):
         budget: the accuracy drop on the held-out images that ends the rounds.
         next: what a later round does: ``restart`` (from the model as it was before the repair,
             with the TAC loss), ``continue`` (on the current model, scanned again, with the TAC
-            loss) or ``prune`` (from the model as it was, with the low-side targets' units pruned
-            first: for a repair whose first round leaves them unpruned, ``prune_low`` false).
+            loss), ``prune`` (from the model as it was, with the low-side targets' units pruned
+            first: for a repair whose first round leaves them unpruned, ``prune_low`` false) or
+            ``gentle`` (one more round only when the first drops the held-out accuracy past the
+            budget: from the model as it was, low-side units unpruned, with distillation).
         margin: the residual score (target's patch success minus the other classes' median)
             above which the backdoor counts as present.
         pixels: the patch's budget in pixels.
@@ -204,8 +206,8 @@ class SelfCheckConfig(Config):
         if self.rounds < 0 or not 0 <= self.held_out < 0.5 or not 0 <= self.budget <= 1:
             raise TacreconError(f"need check_rounds >= 0, held_out in [0, 0.5) and check_budget in [0, 1], got "
                                 f"{self.rounds}, {self.held_out}, {self.budget}")
-        if self.next not in ("restart", "continue", "prune"):
-            raise TacreconError(f"check_next must be restart, continue or prune, got {self.next!r}")
+        if self.next not in ("restart", "continue", "prune", "gentle"):
+            raise TacreconError(f"check_next must be restart, continue, prune or gentle, got {self.next!r}")
         if min(self.pixels, self.classes, self.steps, self.batch_size) < 1 or self.lr <= 0:
             raise TacreconError(f"need check_pixels, check_classes, check_steps, check_batch_size >= 1 and check_lr > 0, "
                                 f"got {self.pixels}, {self.classes}, {self.steps}, {self.batch_size}, {self.lr}")
