@@ -203,14 +203,7 @@ class TAC(FinetuneDefense):
         for round_ in range(max(1, cfg.rounds)):
             previous = (copy.deepcopy(model.state_dict()), list(self.pruned_)) if round_ > 0 else None
             if round_ > 0:
-                if cfg.next == "continue":
-                    beta, found = max(self.beta, 1.0), self.scan(model, clean)
-                else:
-                    model.load_state_dict(original)
-                    self.pruned_, found = [], self.scan_
-                    beta = max(self.beta, 1.0) if cfg.next == "restart" else beta
-                    pruning = replace(self.pruning, low=cfg.next == "prune") if cfg.next != "restart" else pruning
-                    distill = (self.distill or 1.0, False) if gentle else None
+                found, beta, pruning, distill = self.later_round(model, clean, original, gentle)
             self.repair_model(model, clean, train, targets, found, beta, generator, pruning, distill)
             rounds += 1
             if cfg.rounds == 0:
@@ -221,18 +214,34 @@ class TAC(FinetuneDefense):
                 model.load_state_dict(previous[0])
                 self.pruned_, reverted, rounds = previous[1], True, rounds - 1
                 break
-            if gentle:
-                if not over or previous is not None:
-                    break
-                continue
-            start = time.perf_counter()
-            self.residuals_.append({t: estimate_residual(model, clean, t, cfg, generator) for t in targets})
-            self.stats_["check_seconds"] = self.stats_.get("check_seconds", 0.0) + time.perf_counter() - start
-            if over or not any(r.score > cfg.margin for r in self.residuals_[-1].values()):
+            # gentle: once more only after a first round past the budget; else while a backdoor looks left
+            again = (over and previous is None) if gentle else self.backdoor_left(model, clean, targets, generator)
+            if not again or (over and not gentle):
                 break
         self.teacher_ = None  # the model before the repair, only needed while it runs
         self.stats_.update(rounds=rounds, held_out=len(held), held_out_acc=accs,
                            reverted=reverted, residual=[{t: r.record() for t, r in rs.items()} for rs in self.residuals_])
+
+    def later_round(self, model: Classifier, clean: Split, original: dict[str, Tensor] | None,
+                    gentle: bool) -> tuple[ScanResult, float, PruneConfig, tuple[float, bool] | None]:
+        """Set ``model`` up for a later round of ``check.next``; returns that round's scan, beta,
+        pruning and distillation (see :meth:`checked_repair`)."""
+        if self.check.next == "continue":
+            return self.scan(model, clean), max(self.beta, 1.0), self.pruning, None
+        model.load_state_dict(original)
+        self.pruned_ = []
+        if self.check.next == "restart":
+            return self.scan_, max(self.beta, 1.0), self.pruning, None
+        distill = (self.distill or 1.0, False) if gentle else None
+        return self.scan_, self.beta, replace(self.pruning, low=self.check.next == "prune"), distill
+
+    def backdoor_left(self, model: Classifier, clean: Split, targets: list[int], generator: torch.Generator) -> bool:
+        """Estimate the residual of every target (kept in ``residuals_``); True if one is above
+        ``check.margin``."""
+        start = time.perf_counter()
+        self.residuals_.append({t: estimate_residual(model, clean, t, self.check, generator) for t in targets})
+        self.stats_["check_seconds"] = self.stats_.get("check_seconds", 0.0) + time.perf_counter() - start
+        return any(r.score > self.check.margin for r in self.residuals_[-1].values())
 
     def repair_model(self, model: Classifier, clean: Split, train: Split, targets: list[int], found: ScanResult,
                      beta: float, generator: torch.Generator, pruning: PruneConfig | None = None,
