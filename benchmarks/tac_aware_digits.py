@@ -2,12 +2,12 @@
 at what cost to the attack's ASR and clean accuracy.
 
 Usage: python benchmarks/tac_aware_digits.py [--dataset digits] [--arch resnet_small]
-                                             [--attacks badnets blended] [--weights 0 1 10]
+                                             [--attacks badnets blended] [--weights 0 1 10] [--band 0.1]
                                              [--seeds 100 101 102] [--config KEY=VALUE ...]
                                              [--name tac_aware_digits]
 
 Run it from the repository root. For every backdoor x weight x seed, trains (or reuses) a
-``tac_aware`` artifact under docs/results/tuning/<dataset>-tac-aware (weight 0 is the plain
+``tac_aware`` artifact under docs/results/tuning/<dataset>-tac-aware (``--band``: the attack's; weight 0 is the plain
 backdoor, same poisoned samples and training draws), then runs TAC's scan and repair (defaults,
 or ``--config``) on a fifth of the training split as the clean set, and tabulates the target's
 relative norm and anomaly index in both looks, whether it is flagged, ASR / ACC before and after
@@ -29,12 +29,13 @@ from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 
 
-def measure(dataset: str, arch: str, attack: str, weight: float, seed: int, config: dict, data) -> dict:
+def measure(dataset: str, arch: str, attack: str, weight: float, band: float, seed: int, config: dict,
+            data) -> dict:
     """One model: trained on first use, scanned and repaired."""
-    folder = TUNING / f"{dataset}-tac-aware" / f"{attack}-w{weight:g}-seed{seed}"
+    folder = TUNING / f"{dataset}-tac-aware" / f"{attack}-w{weight:g}-b{band:g}-seed{seed}"
     start = time.perf_counter()
-    run_attack("tac_aware", dataset, arch, folder, seed=seed, config={"attack": {"name": attack}, "weight": weight},
-               train={"progress": False})
+    run_attack("tac_aware", dataset, arch, folder, seed=seed,
+               config={"attack": {"name": attack}, "weight": weight, "band": band}, train={"progress": False})
     train_seconds = time.perf_counter() - start
     art = load_artifact(folder)
     clean = clean_subset(data.train, 0.2, None, seed, art.poison_index)
@@ -43,7 +44,7 @@ def measure(dataset: str, arch: str, attack: str, weight: float, seed: int, conf
     forced = TAC.from_dict({**config, "force_target": t}).fit(art.model, clean, torch.Generator().manual_seed(seed))
     look = {key: scores[key][t] for key in ("relative", "anomaly_index", "robust_relative", "robust_anomaly_index")
             if scores.get(key) is not None}
-    return {"attack": attack, "weight": weight, "seed": seed, "target": t, "flagged": tac.targets_, **look,
+    return {"attack": attack, "weight": weight, "band": band, "seed": seed, "target": t, "flagged": tac.targets_, **look,
             "train_seconds": train_seconds, "before": evaluate(art.model, art.attack, data),
             "after": evaluate(tac.model_, art.attack, data), "forced": evaluate(forced.model_, art.attack, data)}
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet_small")
     parser.add_argument("--attacks", nargs="+", default=["badnets", "blended"])
     parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 1.0, 10.0])
+    parser.add_argument("--band", type=float, default=0.1, help="the attack's band (0: the term pulls on every step)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102])
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
     parser.add_argument("--data-root", default=None)
@@ -64,7 +66,7 @@ def main() -> None:
     config = parse_sets(args.config)
     torch.set_num_threads(1)
     data = load_dataset(args.dataset, root=args.data_root)
-    results = [measure(args.dataset, args.arch, a, w, s, config, data)
+    results = [measure(args.dataset, args.arch, a, w, args.band, s, config, data)
                for a in args.attacks for w in args.weights for s in args.seeds]
     rows = [[r["attack"], f"{r['weight']:g}", r["seed"], r["target"], r["flagged"],
              f"{r['relative']:.2f} / {r['anomaly_index']:.1f}",

@@ -1,5 +1,6 @@
 """The TAC-aware attack: its configuration, its hiding term, and one short training run (digits)."""
 
+import math
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ def test_config_reads_back_and_delegates_to_the_backdoor(digits):
     ({"attack": {"name": "badnets", "patch_size": -1}}, "tac_aware: attack badnets"),
     ({"label_mode": "all2all"}, "label_mode must be all2one"),
     ({"weight": -1.0}, "weight >= 0"),
+    ({"band": -0.1}, "band >= 0"),
     ({"quantiles": [1.5]}, r"quantiles must list values in \(0, 1\]"),
 ])
 def test_bad_configs(config, message):
@@ -57,6 +59,10 @@ def test_hiding_term_is_the_log_distance_to_the_median_and_descends(quantile):
     term = hiding_term(z, head, 2, quantile, 1.0).detach()
     assert float(term) == pytest.approx(abs(float((norms[2] / others.median()).log())), rel=1e-5)
     assert norms[2] < others.min()
+    # inside the band the term is 0; outside it, the distance less the band
+    assert float(hiding_term(z, head, 2, quantile, 1.0, band=10.0).detach()) == 0.0
+    banded = float(hiding_term(z, head, 2, quantile, 1.0, band=0.01).detach())
+    assert banded == pytest.approx(float(term) - math.log1p(0.01), abs=1e-5)
     opt = torch.optim.SGD(head.parameters(), lr=0.2)
     for _ in range(30):
         opt.zero_grad()
@@ -89,9 +95,9 @@ def test_loss_adds_the_term_on_rows_not_labelled_with_the_target():
     cfg = TrainConfig(label_smoothing=0.0)
     plain = F.cross_entropy(model(x), y)
     assert torch.allclose(create_attack("tac_aware", weight=0.0, target=2).loss(cfg)(model, x, y), plain)
-    attack = create_attack("tac_aware", weight=2.0, target=2, quantiles=[1.0])
+    attack = create_attack("tac_aware", weight=2.0, target=2, quantiles=[1.0], band=0.05)
     rows = y != 2
-    expected = plain + 2.0 * hiding_term(model.latent(x)[rows], model.head, 2, None, 1.0)
+    expected = plain + 2.0 * hiding_term(model.latent(x)[rows], model.head, 2, None, 1.0, 0.05)
     assert torch.allclose(attack.loss(cfg)(model, x, y), expected)
 
 
