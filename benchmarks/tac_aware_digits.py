@@ -9,7 +9,7 @@ Usage: python benchmarks/tac_aware_digits.py [--dataset digits] [--arch resnet_s
 Run it from the repository root. For every backdoor x weight x seed, trains (or reuses) a
 ``tac_aware`` artifact under docs/results/tuning/<dataset>-tac-aware (``--band``: the attack's; weight 0 is the plain
 backdoor, same poisoned samples and training draws), then runs TAC's scan and repair (defaults,
-or ``--config``) on a fifth of the training split as the clean set, and tabulates the target's
+or ``--config``) on a fifth of the training split as the clean set (``--clean-fraction``), and tabulates the target's
 relative norm and anomaly index in both looks, whether it is flagged, ASR / ACC before and after
 the repair, and what the repair does when it is told the target (``force_target``): whether the
 backdoor is hidden from the scan only or from the repair too.
@@ -30,7 +30,7 @@ from tacrecon.defenses.tac import TAC
 
 
 def measure(dataset: str, arch: str, attack: str, weight: float, band: float, seed: int, config: dict,
-            data) -> dict:
+            data, fraction: float = 0.2) -> dict:
     """One model: trained on first use, scanned and repaired."""
     folder = TUNING / f"{dataset}-tac-aware" / f"{attack}-w{weight:g}-b{band:g}-seed{seed}"
     start = time.perf_counter()
@@ -38,7 +38,7 @@ def measure(dataset: str, arch: str, attack: str, weight: float, band: float, se
                config={"attack": {"name": attack}, "weight": weight, "band": band}, train={"progress": False})
     train_seconds = time.perf_counter() - start
     art = load_artifact(folder)
-    clean = clean_subset(data.train, 0.2, None, seed, art.poison_index)
+    clean = clean_subset(data.train, fraction, None, seed, art.poison_index)
     tac = TAC.from_dict(config).fit(art.model, clean, torch.Generator().manual_seed(seed))
     scores, t = tac.scores(), art.attack.target
     forced = TAC.from_dict({**config, "force_target": t}).fit(art.model, clean, torch.Generator().manual_seed(seed))
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102])
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--clean-fraction", type=float, default=0.2, help="the defender's share of the training split")
     parser.add_argument("--name", default="tac_aware_digits")
     args = parser.parse_args()
     if min(args.seeds) < 100:
@@ -66,7 +67,7 @@ def main() -> None:
     config = parse_sets(args.config)
     torch.set_num_threads(1)
     data = load_dataset(args.dataset, root=args.data_root)
-    results = [measure(args.dataset, args.arch, a, w, args.band, s, config, data)
+    results = [measure(args.dataset, args.arch, a, w, args.band, s, config, data, args.clean_fraction)
                for a in args.attacks for w in args.weights for s in args.seeds]
     rows = [[r["attack"], f"{r['weight']:g}", r["seed"], r["target"], r["flagged"],
              f"{r['relative']:.2f} / {r['anomaly_index']:.1f}",
