@@ -29,6 +29,7 @@ from tacrecon.metrics import predict
 
 FAMILY = Path(__file__).resolve().parent / "foreign"
 sys.path.insert(0, str(FAMILY))  # the family's trigger code, to measure ASR: it shares no code with tacrecon
+import plan  # noqa: E402
 import triggers  # noqa: E402
 
 
@@ -75,15 +76,14 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
-    parser.add_argument("--part", choices=["tuning", "holdout"], default="tuning",
+    parser.add_argument("--part", choices=sorted(plan.PARTS), default="tuning",
                         help="holdout: the family's held-out part (benchmarks/foreign/holdout), read once per revision")
     parser.add_argument("--name", default="tac_foreign", help="result name (a folder of per-model JSON and a table)")
     args = parser.parse_args()
     config = parse_sets(args.config)
     cache = DOCS / args.name
     results = []
-    models = FAMILY / ("holdout" if args.part == "holdout" else "models")
-    for folder in sorted(p for p in models.iterdir() if (p / "model.json").is_file()):
+    for folder in sorted(p for p in plan.PARTS[args.part][2].iterdir() if (p / "model.json").is_file()):
         if args.models and folder.name not in args.models:
             continue
         path = cache / f"{folder.name}.json"

@@ -59,6 +59,7 @@ from tacrecon.tac.stand_in import search_stand_in, stand_in_success
 
 FAMILY = Path(__file__).resolve().parent / "foreign"
 sys.path.insert(0, str(FAMILY))  # the family's trigger code, to measure ASR: it shares no code with tacrecon
+import plan  # noqa: E402
 import triggers  # noqa: E402
 
 OWN = [("cifar10", "resnet_small", a, 100) for a in ("badnets", "blended", "wanet", "sig", "lira")] + \
@@ -178,7 +179,7 @@ def run(case: dict, estimates: list[str], eps: float, steps: int, config: dict, 
 def cases(root: str | None, wanted: list[str] | None, clean_too: bool, part: str = "tuning"):
     datasets: dict = {}
     if part == "holdout":  # the foreign family's held-out part only
-        yield from foreign_cases(FAMILY / "holdout", root, wanted, clean_too, datasets)
+        yield from foreign_cases(plan.PARTS["holdout"][2], root, wanted, clean_too, datasets)
         return
     for seed in (100, 101, 102):
         if not wanted or f"own-digits-badnets-s{seed}" in wanted:
@@ -187,7 +188,7 @@ def cases(root: str | None, wanted: list[str] | None, clean_too: bool, part: str
         name = f"own-{dataset}-{attack}-s{seed}"
         if not wanted or name in wanted:
             yield name, lambda d=dataset, a=arch, t=attack, s=seed: own_case(d, a, t, s, root, datasets)
-    yield from foreign_cases(FAMILY / "models", root, wanted, clean_too, datasets)
+    yield from foreign_cases(plan.MODELS, root, wanted, clean_too, datasets)
 
 
 def foreign_cases(models: Path, root: str | None, wanted: list[str] | None, clean_too: bool, datasets: dict):
@@ -205,7 +206,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
     parser.add_argument("--clean", action="store_true", help="also repair the clean foreign models, by mistake")
-    parser.add_argument("--part", choices=["tuning", "holdout"], default="tuning",
+    parser.add_argument("--part", choices=sorted(plan.PARTS), default="tuning",
                         help="holdout: the foreign family's held-out part only (benchmarks/foreign/holdout)")
     parser.add_argument("--name", default="tac_residual", help="result name (a folder of per-model JSON and a table)")
     args = parser.parse_args()
