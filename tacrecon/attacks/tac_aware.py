@@ -37,11 +37,11 @@ def hiding_term(latents: Tensor, head: nn.Linear, target: int, quantile: float |
     others = others[torch.isfinite(others)]
     if not bool(torch.isfinite(solved.norms[target])) or others.numel() == 0:
         return latents.new_zeros(())
-    centre = math.log(ratio * float(others.median()))
+    median = float(others.median())
     norm = norm_at_active_set(latents.double(), head.weight.double(), None if bias is None else bias.double(),
                               target, solved.active[target], quantile)
     # a norm of 0 (the class already holds every sample) counts as a millionth of the median
-    off = (norm.clamp_min(1e-6 * float(others.median())).log() - centre).abs()
+    off = (norm.clamp_min(1e-6 * median).log() - math.log(ratio * median)).abs()
     return (off - math.log1p(band)).clamp_min(0).to(latents.dtype)
 
 
