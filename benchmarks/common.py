@@ -94,6 +94,24 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None)
 
 
+def add_tuning_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options of a benchmark that trains its own tuning models: their seeds (100 and up),
+    TAC's hyperparameters, the result's name."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102])
+    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
+    parser.add_argument("--name", default=name)
+
+
+def parse_tuning_arguments(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The parsed options of :func:`add_tuning_arguments` and the TAC config; an error for a seed under 100."""
+    from tacrecon.cli import parse_sets
+
+    args = parser.parse_args()
+    if min(args.seeds) < 100:
+        parser.error("tuning seeds are 100 and up")
+    return args, parse_sets(args.config)
+
+
 def model_folders(args: argparse.Namespace, attacks: Sequence[str], clean: bool = True) -> list[tuple[str, Path]]:
     """(group, folder) of every CIFAR-10 resnet_small model the options name, reported first:
     the clean models of ``--clean-seeds`` (if ``clean``), each of ``attacks`` at ``--seeds``, then

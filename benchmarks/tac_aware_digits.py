@@ -21,10 +21,9 @@ import argparse
 import time
 
 import torch
-from common import TUNING, markdown_table, pct, write_result
+from common import TUNING, add_tuning_arguments, markdown_table, parse_tuning_arguments, pct, write_result
 
 from tacrecon.artifact import evaluate, load_artifact, run_attack
-from tacrecon.cli import parse_sets
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 
@@ -56,15 +55,10 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="+", default=["badnets", "blended"])
     parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 1.0, 10.0])
     parser.add_argument("--band", type=float, default=0.1, help="the attack's band (0: the term pulls on every step)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102])
-    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
+    add_tuning_arguments(parser, "tac_aware_digits")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--clean-fraction", type=float, default=0.2, help="the defender's share of the training split")
-    parser.add_argument("--name", default="tac_aware_digits")
-    args = parser.parse_args()
-    if min(args.seeds) < 100:
-        parser.error("tuning seeds are 100 and up")
-    config = parse_sets(args.config)
+    args, config = parse_tuning_arguments(parser)
     torch.set_num_threads(1)
     data = load_dataset(args.dataset, root=args.data_root)
     results = [measure(args.dataset, args.arch, a, w, args.band, s, config, data, args.clean_fraction)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import TUNING, markdown_table, pct, write_result
+from common import TUNING, add_tuning_arguments, markdown_table, parse_tuning_arguments, pct, write_result
 
 from tacrecon.artifact import evaluate, load_artifact, run_attack
-from tacrecon.cli import parse_sets
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 
@@ -41,13 +40,8 @@ def measure(seed: int, config: dict, data) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102])
-    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
-    parser.add_argument("--name", default="tac_multi_digits")
-    args = parser.parse_args()
-    if min(args.seeds) < 100:
-        parser.error("tuning seeds are 100 and up")
-    config = parse_sets(args.config)
+    add_tuning_arguments(parser, "tac_multi_digits")
+    args, config = parse_tuning_arguments(parser)
     torch.set_num_threads(1)
     data = load_dataset("digits")
     results = [measure(seed, config, data) for seed in args.seeds]
