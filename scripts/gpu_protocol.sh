@@ -10,7 +10,7 @@
 #   git sparse-checkout set --no-cone '/*' '!/docs/results/' '!/benchmarks/foreign/models/'
 #   echo /data/ >> .git/info/exclude; mkdir -p data && cp -r ../shared/data/cifar10 data/
 # and name `data` in the call's carry. Undo with `git sparse-checkout disable` afterwards.
-# The test suite runs this script on the CPU with a tiny grid (CONFIG, RESULTS, DEVICE, DATA below).
+# The test suite runs this script on the CPU with a tiny grid (CONFIG, RESULTS, DEVICE, DATA, WORKERS).
 # RESULTS, not OUT: the device machine sets OUT to the folder whose files come back, and a
 # results folder of this depth does not; copy or tar RESULTS into $OUT at the end of the call.
 set -euo pipefail
@@ -19,10 +19,11 @@ CONFIG="${CONFIG:-configs/gpu.yaml}"
 RESULTS="${RESULTS:-docs/results/gpu}"
 DEVICE="${DEVICE:-cuda}"
 DATA="${DATA:-data}"
+WORKERS="${WORKERS:-2}"  # two trainings share the GPU: each alone leaves it idle between small kernels
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TACRECON_CACHE="${TACRECON_CACHE:-/tmp/tacrecon-cache}"
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 "$PYTHON" -c "import torch; print('torch', torch.__version__, '| device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
 start=$(date +%s)
-"$PYTHON" -m tacrecon bench "$CONFIG" --out "$RESULTS" --device "$DEVICE" --data-root "$DATA" --workers 1
+"$PYTHON" -m tacrecon bench "$CONFIG" --out "$RESULTS" --device "$DEVICE" --data-root "$DATA" --workers "$WORKERS"
 "$PYTHON" -m tacrecon report "$RESULTS" > /dev/null
 echo "gpu protocol: $(( $(date +%s) - start )) s -> $RESULTS"

@@ -16,7 +16,7 @@ def test_the_gpu_config_is_the_protocol():
     config = load_config(ROOT / "configs" / "gpu.yaml")
     (grid,) = config.grids
     assert grid.datasets == ["cifar10"] and grid.archs == ["preact_resnet18"] and grid.budget is None
-    assert set(grid.attacks) == {"badnets", "blended"} and {"tac", "ftsam"} <= set(grid.defenses)
+    assert {"none", "badnets", "blended"} == set(grid.attacks) and {"tac", "ftsam"} <= set(grid.defenses)
 
 
 def test_the_script_runs_a_tiny_grid_on_the_cpu(tmp_path):
