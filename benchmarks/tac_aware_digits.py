@@ -29,11 +29,11 @@ from tacrecon.defenses.tac import TAC
 
 
 def measure(dataset: str, arch: str, attack: str, weight: float, band: float, seed: int, config: dict,
-            data, fraction: float = 0.2) -> dict:
-    """One model: trained on first use, scanned and repaired."""
+            data, fraction: float = 0.2, root: str | None = None) -> dict:
+    """One model: trained on first use (data read from ``root``), scanned and repaired."""
     folder = TUNING / f"{dataset}-tac-aware" / f"{attack}-w{weight:g}-b{band:g}-seed{seed}"
     start = time.perf_counter()
-    run_attack("tac_aware", dataset, arch, folder, seed=seed,
+    run_attack("tac_aware", dataset, arch, folder, seed=seed, root=root,
                config={"attack": {"name": attack}, "weight": weight, "band": band}, train={"progress": False})
     train_seconds = time.perf_counter() - start
     art = load_artifact(folder)
@@ -61,7 +61,8 @@ def main() -> None:
     args, config = parse_tuning_arguments(parser)
     torch.set_num_threads(1)
     data = load_dataset(args.dataset, root=args.data_root)
-    results = [measure(args.dataset, args.arch, a, w, args.band, s, config, data, args.clean_fraction)
+    results = [measure(args.dataset, args.arch, a, w, args.band, s, config, data, args.clean_fraction,
+                       args.data_root)
                for a in args.attacks for w in args.weights for s in args.seeds]
     rows = [[r["attack"], f"{r['weight']:g}", r["seed"], r["target"], r["flagged"],
              f"{r['relative']:.2f} / {r['anomaly_index']:.1f}",
