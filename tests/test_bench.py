@@ -85,10 +85,10 @@ def test_shipped_configs_load():
 
 def test_the_robustness_config_plans_its_cells():
     cells = expand(load_config(Path(__file__).parents[1] / "configs" / "robustness.yaml"))
-    assert len(cells) == 108 and len({c.attack_dir for c in cells}) == 18  # 18 attacked models, 6 defenses each
+    assert len(cells) == 114 and len({c.attack_dir for c in cells}) == 19  # 19 attacked models, 6 defenses each
     assert {c.defense for c in cells} == {"none", "tac", "ftsam", "nc", "sau", "fp"} and {c.seed for c in cells} == {0}
     assert cells[0].attack == "tac_aware"  # the adaptive attack runs first
-    assert {c.attack_params["rate"] for c in cells if "rate" in c.attack_params} == {0.005, 0.01, 0.05}
+    assert {c.attack_params["rate"] for c in cells if "rate" in c.attack_params} == {0.005, 0.01, 0.03, 0.05}
     modes = {(c.attack, c.attack_params.get("label_mode")) for c in cells if "rate" not in c.attack_params}
     assert {("multi", None), ("badnets", "all2all"), ("blended", "all2all")} <= modes
     assert {"tac_aware", "adap_blend", "adap_patch", "tact", "lc", "grond"} <= {c.attack for c in cells}
