@@ -388,6 +388,21 @@ def test_report_gives_each_backdoor_and_every_target(tmp_path):
     assert "| cifar10/resnet_small | multi | blended->7 | 95.0±0.0 | 2.0±0.0 |" in md
 
 
+def test_report_leaves_out_a_model_the_attack_did_not_implant_in(tmp_path):
+    for seed, asr in enumerate([0.02, 0.95]):  # seed 0: ASR 2% before any defense, nothing to find
+        before = {"acc": 0.85, "asr": asr}
+        hand_cell(tmp_path, "adap_blend", seed, "none", 0.85, asr, 0.5, before=before)
+        hand_cell(tmp_path, "adap_blend", seed, "tac", 0.85, 0.01, 0.5 + asr / 2, target=0, before=before)
+        hand_cell(tmp_path, "adap_blend", seed, "ft", 0.85, asr, 0.5, before=before)
+    hand_cell(tmp_path, "lc", 0, "tac", 0.85, 0.03, 0.5, before={"acc": 0.85, "asr": 0.03})
+    md = write_report(tmp_path)["md"]
+    assert "| cifar10/resnet_small | adap_blend | 1/1, 1 not implanted |" in md
+    assert "| cifar10/resnet_small | lc | 1 not implanted |" in md
+    assert "| cifar10/resnet_small | 1/1 | 0/1 |" in md  # the removal bar counts the implanted model only
+    assert "| cifar10/resnet_small | adap_blend | 1 | 0.975 |" in md  # the comparison too
+    assert "| lc |" not in md.split("### tac against")[1]
+
+
 def test_report_on_a_hand_made_folder(tmp_path):
     for seed, (a, b) in enumerate([(0.80, 0.02), (0.82, 0.04)]):
         hand_cell(tmp_path, "badnets", seed, "none", 0.85, 0.95, 0.5)

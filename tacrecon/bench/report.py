@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tacrecon.bench.cells import FAILED_SUFFIX
-from tacrecon.bench.rows import Row, fmt, load_rows, order
+from tacrecon.bench.rows import IMPLANT_ASR, Row, fmt, load_rows, order
 from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_bytes
 from tacrecon.plots import plot_norms, png_bytes, pyplot
@@ -101,13 +101,18 @@ def detection(rows: list[Row]) -> dict[str, Any] | None:
 
 
 def detection_text(group: list[Row]) -> str:
-    """``found/models`` (a model counts when every target of its attack was flagged), and for
-    attacks with several targets `` (flagged/targets targets)`` summed over the models."""
-    text = f"{sum(r.detected() for r in group)}/{len(group)}"
-    if all(len(r.attack_targets) <= 1 for r in group):
-        return text
-    flagged = sum(len(set(r.attack_targets) & set(r.targets)) for r in group)
-    return text + f" ({flagged}/{sum(len(r.attack_targets) for r in group)} targets)"
+    """``found/models`` over the models whose attack implanted (a model counts when every target
+    of its attack was flagged), for attacks with several targets `` (flagged/targets targets)``
+    summed over them, and how many models the attack did not implant in."""
+    live = [r for r in group if r.implanted()]
+    missed = f"{len(group) - len(live)} not implanted" if len(live) < len(group) else ""
+    if not live:
+        return missed
+    text = f"{sum(r.detected() for r in live)}/{len(live)}"
+    if any(len(r.attack_targets) > 1 for r in live):
+        flagged = sum(len(set(r.attack_targets) & set(r.targets)) for r in live)
+        text += f" ({flagged}/{sum(len(r.attack_targets) for r in live)} targets)"
+    return f"{text}, {missed}" if missed else text
 
 
 def per_backdoor(rows: list[Row]) -> dict[str, Any] | None:
@@ -139,8 +144,8 @@ def mean_der(group: list[Row]) -> float | None:
 def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
     """Where ``focus`` wins and loses: for each attacked row, its mean DER against the best other
     defense's, and the margin, over the seeds that every defense of the row has finished (a
-    defense still short of a seed is not left out of the comparison; the seed is). None without
-    ``focus``.
+    defense still short of a seed is not left out of the comparison; the seed is) and on the
+    models the attack implanted in (:meth:`Row.implanted`). None without ``focus``.
 
     DER = (max(0, ASR drop) - max(0, ACC drop) + 1) / 2, so a margin of 0.01 is one point of ASR
     removed (or of ACC kept) more than the rival, on average.
@@ -149,7 +154,7 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
         return None
     body = []
     for key in sorted({(r.dataset, r.arch, r.attack) for r in rows if not r.clean}):
-        sub = [r for r in rows if (r.dataset, r.arch, r.attack) == key]
+        sub = [r for r in rows if (r.dataset, r.arch, r.attack) == key and r.implanted()]
         defenses = {r.defense for r in sub} - {"none"}
         seeds = set.intersection(*({r.seed for r in sub if r.defense == d} for d in defenses)) if defenses else set()
         groups = {d: [r for r in sub if r.defense == d and r.seed in seeds] for d in defenses}
@@ -174,8 +179,9 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
 
 def removal_bar(rows: list[Row], asr: float = 0.05, drop: float = 0.02) -> dict[str, Any] | None:
     """Per data set and architecture, how many attacked models each defense brings to ASR <= ``asr``
-    within ``drop`` of the attacked model's accuracy (the protocol's removal bar); None without any."""
-    attacked = [r for r in rows if not r.clean and r.asr is not None and r.defense != "none"]
+    within ``drop`` of the attacked model's accuracy (the protocol's removal bar), among the models
+    the attack implanted in; None without any."""
+    attacked = [r for r in rows if not r.clean and r.asr is not None and r.defense != "none" and r.implanted()]
     if not attacked:
         return None
     defenses = order({r.defense for r in attacked}, ["tac"])
@@ -188,7 +194,8 @@ def removal_bar(rows: list[Row], asr: float = 0.05, drop: float = 0.02) -> dict[
             cells.append(f"{met}/{len(group)}" if group else "")
         body.append([f"{dataset}/{arch}", *cells])
     return {"title": f"removal bar (attacked models brought to ASR <= {asr:.0%} within {drop * 100:.0f} points of "
-                     "their accuracy / attacked models)",
+                     f"their accuracy / attacked models; models whose ASR was <= {IMPLANT_ASR:.0%} before any "
+                     "defense left out)",
             "header": ["data/arch", *defenses], "body": body, "bold": [[] for _ in body]}
 
 

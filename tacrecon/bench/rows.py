@@ -17,6 +17,10 @@ from tacrecon.bench.cells import FAILED_SUFFIX
 from tacrecon.errors import TacreconError
 from tacrecon.io import read_json
 
+# an attacked model whose ASR before any defense is at most the removal bar's ASR holds no backdoor
+# to find or remove: the report leaves it out of detection, the removal bar and the comparison
+IMPLANT_ASR = 0.05
+
 
 @dataclass
 class Row:
@@ -50,6 +54,11 @@ class Row:
     asr_per_backdoor: dict | None = None  # after the defense, {backdoor: ASR}; ``asr`` is the largest
     asr_before_per_backdoor: dict | None = None
     attack_targets: list = field(default_factory=list)  # every all-to-one target (empty: all-to-all)
+
+    def implanted(self) -> bool:
+        """The attacked model carries a backdoor: its ASR before any defense is above
+        :data:`IMPLANT_ASR` (unknown counts as implanted)."""
+        return self.asr_before is None or self.asr_before > IMPLANT_ASR
 
     def detected(self) -> bool:
         """Every target of the attack flagged (any class, for an all-to-all attack)."""
