@@ -2,6 +2,12 @@
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/tac_detection_foreign.py --data-root DIR [--models NAME ...]
            [--uap-eps 6] [--uap-steps 15] [--mmbd-steps 40] [--mmbd-starts 24] [--summary-only]
+           [--part holdout]
+
+``--part holdout`` reads the family's held-out part (benchmarks/foreign/holdout, none of ours) with
+every threshold fixed beforehand on the tuning part's clean models (its cached JSONs), so the
+held-out figures test the statistics as they were chosen; results in
+docs/benchmarks/tac_detection_foreign_holdout(.md/.json and one JSON per model).
 
 Models: the 28 of benchmarks/foreign/models (trained by code that shares nothing with tacrecon) and
 our tuning artifacts (CIFAR-10 resnet_small none / badnets / blended / wanet / sig / lira seed 100,
@@ -75,6 +81,7 @@ from tacrecon.tac.detect import class_prior, head_of, scan
 
 FAMILY = Path(__file__).resolve().parent / "foreign"
 sys.path.insert(0, str(FAMILY))  # the family's poisoning, to leave its poisoned images out of the clean set
+import plan  # noqa: E402
 import triggers  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,9 +99,12 @@ SHOWN = ["plain", "robust95", "qens4", "maxmargin", "plain+maxmargin", "uap", "m
 LATENT_VERSION = 2  # of latent_statistics: a cached model with another is recomputed, its uap kept
 
 
-def jobs() -> list[tuple[str, str, Path]]:
-    """(name, kind, folder) of every model."""
-    out = [(p.name, "foreign", p) for p in sorted((FAMILY / "models").iterdir()) if (p / "model.json").is_file()]
+def jobs(part: str = "tuning") -> list[tuple[str, str, Path]]:
+    """(name, kind, folder) of every model of ``part`` (ours only in the tuning part)."""
+    folder = plan.PARTS[part][2]
+    out = [(p.name, "foreign", p) for p in sorted(folder.iterdir()) if (p / "model.json").is_file()]
+    if part != "tuning":
+        return out
     for dataset, attack, seed in OURS:
         out.append((f"ours-{dataset}-{attack}-seed{seed}", "ours", REPO / tuning_folder(dataset, attack, seed)))
     return out
@@ -314,14 +324,15 @@ OR_RULES = {"plain+maxmargin ratio OR uap index": [("plain+maxmargin", 1), ("uap
             "qens4 index OR uap index": [("qens4", 0), ("uap", 0)]}  # (statistic, 0: index / 1: ratio)
 
 
-def or_rules(scored: list, groups: list[str]) -> list[list]:
+def or_rules(scored: list, groups: list[str], reference: list) -> list[list]:
     """Rows of OR rules: a class is flagged when any of its statistics is above that statistic's
-    clean threshold (each threshold set on the clean models alone, as in the main table)."""
+    clean threshold (each threshold set on the clean models of ``reference`` alone, as in the main
+    table)."""
     rows = []
     for name, rule in OR_RULES.items():
         if not all(n in s for n, _ in rule for _, s in scored):
             continue
-        limits = [max(float(s[n][j].max()) for r, s in scored if group(r) == "clean") for n, j in rule]
+        limits = [max(float(s[n][j].max()) for r, s in reference if group(r) == "clean") for n, j in rule]
         cells = []
         for g in ["clean", *groups]:
             members = [(r, s) for r, s in scored if group(r) == g]
@@ -347,13 +358,16 @@ def group(r: dict) -> str:
     return "1%" if info["rate"] <= 0.011 else ("5-10% ours" if r["model"].startswith("ours-") else "5-10% foreign")
 
 
-def summarize(results: list[dict]) -> tuple[list[dict], list[list], list[list]]:
+def summarize(results: list[dict], reference: list[dict] | None = None) -> tuple[list[dict], list[list], list[list]]:
+    """Summary, table rows, per-model rows and OR-rule rows of ``results``; every threshold is set
+    on the clean models of ``reference`` (default: ``results`` themselves)."""
     scored = [(r, all_scores(r)) for r in results]
+    fixed = scored if reference is None else [(r, all_scores(r)) for r in reference]
     names = list(scored[0][1])
     summary, rows = [], []
     groups = ["1%", "5-10% foreign", "5-10% ours", "sig (clean-label)"]
     for n in names:
-        clean = [s[n] for r, s in scored if group(r) == "clean" and n in s]
+        clean = [s[n] for r, s in fixed if group(r) == "clean" and n in s]
         t_index = max(float(ix.max()) for ix, _ in clean)
         t_ratio = max(float(ra.max()) for _, ra in clean)
         entry = {"statistic": n, "clean_max_index": t_index, "clean_max_ratio": t_ratio}
@@ -399,7 +413,7 @@ def summarize(results: list[dict]) -> tuple[list[dict], list[list], list[list]]:
         info = r["info"]
         per_model.append([r["model"], info["trigger"], "-" if info["rate"] is None else f"{info['rate']:.0%}",
                           "-" if t is None else t, group(r), str(r["scan_flagged"] or "-"), *cells])
-    return summary, rows, per_model, or_rules(scored, groups)
+    return summary, rows, per_model, or_rules(scored, groups, fixed)
 
 
 def main() -> None:
@@ -413,11 +427,14 @@ def main() -> None:
     parser.add_argument("--mmbd-steps", type=int, default=40, help="Adam steps of the input max-margin (0: off)")
     parser.add_argument("--mmbd-starts", type=int, default=24, help="random starting images per class")
     parser.add_argument("--summary-only", action="store_true", help="summarize the cached models only")
+    parser.add_argument("--part", choices=sorted(plan.PARTS), default="tuning",
+                        help="holdout: the held-out part, thresholds fixed on the tuning part's clean models")
     args = parser.parse_args()
-    folder = DOCS / "tac_detection_foreign"
+    name_of = "tac_detection_foreign" if args.part == "tuning" else f"tac_detection_foreign_{args.part}"
+    folder = DOCS / name_of
     cache: dict = {}
     results = []
-    for name, kind, path in jobs():
+    for name, kind, path in jobs(args.part):
         if args.models and name not in args.models:
             continue
         out = folder / f"{name}.json"
@@ -432,12 +449,17 @@ def main() -> None:
             print(f"{name}: {time.perf_counter() - start:.0f} s {record['seconds']}", flush=True)
         if out.is_file():
             results.append(read_json(out))
-    summary, rows, per_model, ors = summarize(results)
+    reference = None
+    if args.part != "tuning":  # the thresholds come from the tuning part, as they were chosen
+        reference = [read_json(p) for p in sorted((DOCS / "tac_detection_foreign").glob("*.json"))]
+    summary, rows, per_model, ors = summarize(results, reference)
     head = ["statistic", "clean max (index / ratio)", "1% (foreign): top ; index (wrong) ; ratio (wrong)",
             "5-10% foreign", "10% ours", "SIG (ours)"]
     seconds = {k: float(np.mean([r["seconds"][k] for r in results if k in r["seconds"]]))
                for k in ("scan", "latent_statistics", "uap", "mmbd") if any(k in r["seconds"] for r in results)}
-    text = ("Per statistic: the clean models' most extreme class (anomaly index / ratio to the median; the "
+    fixed = ("" if reference is None else f"Thresholds fixed on the tuning part's {len(reference)} models "
+             "(docs/benchmarks/tac_detection_foreign): the clean max column is theirs. ")
+    text = (fixed + "Per statistic: the clean models' most extreme class (anomaly index / ratio to the median; the "
             "threshold), then per group: backdoored models whose target ranks first ; whose target is above the "
             "index threshold (models where another class is above it too) ; the same for the ratio. "
             f"{len(results)} models. Mean seconds per model: {seconds}.\n\n"
@@ -447,7 +469,7 @@ def main() -> None:
             + "\nPer model: the scan's flagged classes (defaults), then per statistic the target's rank (0: first), "
             "anomaly index / ratio to the median; for a clean model its most extreme class's.\n\n"
             + markdown_table(["model", "trigger", "rate", "target", "group", "scan flagged", *SHOWN], per_model))
-    write_result("tac_detection_foreign", {"summary": summary, "or_rules": ors, "models": [r["model"] for r in results],
+    write_result(name_of, {"part": args.part, "summary": summary, "or_rules": ors, "models": [r["model"] for r in results],
                                            "uap": {"eps": args.uap_eps, "steps": args.uap_steps},
                                            "mmbd": {"steps": args.mmbd_steps, "starts": args.mmbd_starts},
                                            "seconds_per_model": seconds}, text)
