@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tacrecon.data.augment import add_clipped, augment, random_crop, random_flip
+from tacrecon.data.augment import add_clipped, augment, random_crop, random_flip, to_device
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.models import create_model
@@ -104,6 +104,29 @@ def test_augment_shapes_and_content():
     windows = [padded[0, :, i:i + 10, j:j + 10] for i in range(5) for j in range(5)]
     assert all(any(torch.equal(c, w) for w in windows) for c in crop)
     assert not all(torch.equal(c, image[0]) for c in crop)  # some are shifted
+
+
+def test_augment_draws_offsets_then_flips_from_the_generator():
+    # the draws, in order, that make a CPU run repeatable: the crop's dy and dx, then the flips
+    x = torch.rand(6, 3, 8, 8)
+    g = torch.Generator().manual_seed(3)
+    dy, dx = torch.randint(0, 5, (6,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    flip = torch.rand(6, generator=g) < 0.5
+    padded = torch.nn.functional.pad(x, (2,) * 4, mode="reflect")
+    want = torch.stack([padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8] for i in range(6)])
+    want = torch.where(flip[:, None, None, None], want.flip(3), want)
+    assert torch.equal(augment(x, torch.Generator().manual_seed(3), padding=2), want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the pinned, non-blocking path is for a GPU")
+def test_to_device_copies_to_a_gpu_without_blocking():
+    t = torch.arange(10)
+    assert torch.equal(to_device(t, torch.device("cuda")).cpu(), t)
+
+
+def test_to_device_on_the_cpu_is_a_plain_move():
+    t = torch.arange(10)
+    assert to_device(t, torch.device("cpu")) is t
 
 
 def test_add_clipped_broadcasts_a_perturbation_and_keeps_the_image_range():

@@ -7,6 +7,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A CPU tensor ``t`` on ``device``. To a GPU it goes through pinned memory without blocking: a
+    plain copy waits for every kernel already queued, so three of them a step (the crop offsets and
+    the flips) would stop the host from queueing the next step while the GPU runs this one."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     """Pad by ``padding`` (reflect; torchvision's RandomCrop, as BackdoorBench uses it, pads with
     zeros) and crop back at a random offset per image.
@@ -22,8 +31,8 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4, mode="reflect")
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    dy = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
+    dx = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -33,7 +42,7 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
 
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     """Mirror each image left-right with probability 1/2. ``x``: (N, C, H, W)."""
-    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    flip = to_device(torch.rand(x.shape[0], generator=generator) < 0.5, x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
