@@ -485,6 +485,13 @@ def test_report_reads_the_attack_from_the_result_not_the_folder(tmp_path):
     assert md.index("| none-abcdef12 | 1 |") < md.index("| badnets-abcdef12 | 1 |")
 
 
+def test_report_names_what_a_hashed_attack_overrides(tmp_path):
+    request = {"attack_params": {"label_mode": "all2all"}, "train": {"epochs": 50}}
+    hand_cell(tmp_path, "badnets", 0, "tac", 0.84, 0.05, 0.9, folder="badnets-1a2b3c4d", request=request)
+    md = write_report(tmp_path)["md"]
+    assert 'Overridden attacks: badnets-1a2b3c4d = label_mode=all2all, train={"epochs":50}' in md
+
+
 def test_report_names_what_a_hashed_defense_overrides(tmp_path):
     hand_cell(tmp_path, "badnets", 0, "tac-0f8d7a6c", 0.80, 0.02, 0.7, params={"threshold": 2.5})
     assert "tac-0f8d7a6c = threshold=2.5" in write_report(tmp_path)["md"]

@@ -19,6 +19,7 @@ import base64
 import csv
 import html
 import io
+import json
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -223,12 +224,21 @@ def cost(rows: list[Row]) -> dict[str, Any]:
 
 
 def legend(rows: list[Row]) -> str | None:
-    """What each ``<defense>-<hash>`` column stands for (its overrides); None when there is none."""
-    named = {r.defense: r.defense_params for r in rows if r.defense_params}
-    if not named:
-        return None
-    return "Overridden defenses: " + "; ".join(
-        f"{name} = {', '.join(f'{k}={v}' for k, v in sorted(params.items()))}" for name, params in sorted(named.items()))
+    """What each ``<defense>-<hash>`` column and ``<attack>-<hash>`` row stands for (its
+    overrides); None when there is none."""
+    parts = []
+    for kind, named in (("defenses", {r.defense: r.defense_params for r in rows if r.defense_params}),
+                        ("attacks", {r.attack: r.attack_params for r in rows if r.attack_params})):
+        if named:
+            parts.append(f"Overridden {kind}: " + "; ".join(
+                f"{name} = {', '.join(f'{k}={compact(v)}' for k, v in sorted(params.items()))}"
+                for name, params in sorted(named.items())))
+    return " ".join(parts) or None
+
+
+def compact(value: Any) -> str:
+    """A parameter's value on one line (lists and mappings as compact JSON)."""
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
 
 
 def mixed_revisions(rows: list[Row]) -> str | None:

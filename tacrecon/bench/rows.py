@@ -54,6 +54,7 @@ class Row:
     asr_per_backdoor: dict | None = None  # after the defense, {backdoor: ASR}; ``asr`` is the largest
     asr_before_per_backdoor: dict | None = None
     attack_targets: list = field(default_factory=list)  # every all-to-one target (empty: all-to-all)
+    attack_params: dict | None = None  # the overrides that a -<hash> in ``attack`` stands for
 
     def implanted(self) -> bool:
         """The attacked model carries a backdoor: its ASR before any defense is above
@@ -102,9 +103,16 @@ def read_row(root: Path, path: Path) -> Row:
                    r["attack"] == "none", (r.get("request") or {}).get("defense_params"), r.get("defense_revision", 1),
                    r.get("cell_seconds"), made.get("seconds"), made.get("attack_revision", 1),
                    r["after"].get("asr_per_backdoor"), r["before"].get("asr_per_backdoor"),
-                   r.get("attack_targets", [r["attack_target"]]))
+                   r.get("attack_targets", [r["attack_target"]]), attack_overrides(r.get("request") or {}))
     except (KeyError, TypeError, AttributeError) as e:
         raise TacreconError(f"{path}: not a cell result (missing or malformed {e})") from None
+
+
+def attack_overrides(request: dict) -> dict | None:
+    """What a cell's ``<attack>-<hash>`` folder stands for: the attack's parameters and the
+    victim recipe's changes (``train``) that the grid set; None when it set none."""
+    train = request.get("train") or {}
+    return {**(request.get("attack_params") or {}), **({"train": train} if train else {})} or None
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
