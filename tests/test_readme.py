@@ -20,8 +20,8 @@ def table_blocks(text: str) -> list[str]:
     return blocks
 
 
-def results_section(readme: str) -> str:
-    start = readme.index("## Results")
+def results_section(readme: str, title: str = "## Results") -> str:
+    start = readme.index(title)
     end = readme.index("\n## ", start + 1)
     return readme[start:end]
 
@@ -37,6 +37,17 @@ def test_every_result_table_of_the_readme_is_one_of_the_report():
     assert len(readme) >= 3  # CIFAR-10, GTSRB, TAC against the best other defense, ...
     for block in readme:
         assert block in report, f"a README table is not in docs/results/cpu/report.md:\n{block[:300]}"
+
+
+def test_the_robustness_tables_of_the_readme_are_the_report():
+    robustness = ROOT / "docs" / "results" / "robustness"
+    _, note, tables, names = report_parts(robustness)
+    report = report_markdown(note, tables, names)
+    assert report == (robustness / "report.md").read_text()
+    readme = table_blocks(results_section((ROOT / "README.md").read_text(), "## Robustness"))
+    assert len(readme) == 2  # the ACC / ASR table and detection
+    for block in readme:
+        assert block in table_blocks(report), f"a README table is not in {robustness}/report.md:\n{block[:300]}"
 
 
 def test_table_blocks_finds_each_table_once():
