@@ -74,3 +74,11 @@ def test_stamp_patches_stamps_its_share_after_the_start_in_turn():
     assert torch.equal(labels, y) and torch.equal(x, torch.full((10, 1, 2, 2), 0.5))
     assert out[3:5, 0, 0, 0].tolist() == [1.0, 0.0]  # images 3 and 4, the patches in turn, one pixel each
     assert bool((out[3:5, 0, 1:] == 0.5).all()) and torch.equal(out[:3], x[:3]) and torch.equal(out[5:], x[5:])
+
+
+def test_the_second_half_of_an_odd_batch_stops_at_its_end():
+    # stand_in_share 0.5 with patches: stand-ins on round(0.5 * 31) = 16 images, patches from 16 on
+    masks, patterns = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    x, y = torch.full((31, 1, 2, 2), 0.5), torch.arange(31)
+    out, _ = stamp_patches(masks, patterns, 0.5, 0.5)(x, y, torch.Generator())
+    assert torch.equal(out[:16], x[:16]) and bool((out[16:] == 0).all())

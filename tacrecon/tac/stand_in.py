@@ -64,8 +64,9 @@ def stamp_in_turn(apply: Callable[[Tensor, Tensor, Tensor], Tensor], count: int,
     ``start`` to ``start + share`` goes through ``apply(images, labels, which)``, ``which`` naming
     one of ``count`` triggers per image, in turn; labels kept, the input batch not modified."""
     def hook(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        first, n = round(start * x.shape[0]), round(share * x.shape[0])
-        if n == 0:
+        first = round(start * x.shape[0])
+        n = min(round(share * x.shape[0]), x.shape[0] - first)  # two halves of an odd batch round up both
+        if n <= 0:
             return x, y
         x = x.clone()
         part = slice(first, first + n)
