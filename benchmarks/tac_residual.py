@@ -178,8 +178,8 @@ def run(case: dict, estimates: list[str], eps: float, steps: int, config: dict, 
 
 def cases(root: str | None, wanted: list[str] | None, clean_too: bool, part: str = "tuning"):
     datasets: dict = {}
-    if part == "holdout":  # the foreign family's held-out part only
-        yield from foreign_cases(plan.PARTS["holdout"][2], root, wanted, clean_too, datasets)
+    if part != "tuning":  # one of the foreign family's held-out parts only
+        yield from foreign_cases(plan.PARTS[part][2], root, wanted, clean_too, datasets)
         return
     for seed in (100, 101, 102):
         if not wanted or f"own-digits-badnets-s{seed}" in wanted:
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
     parser.add_argument("--clean", action="store_true", help="also repair the clean foreign models, by mistake")
     parser.add_argument("--part", choices=sorted(plan.PARTS), default="tuning",
-                        help="holdout: the foreign family's held-out part only (benchmarks/foreign/holdout)")
+                        help="holdout, holdout2: one of the foreign family's held-out parts only")
     parser.add_argument("--name", default="tac_residual", help="result name (a folder of per-model JSON and a table)")
     args = parser.parse_args()
     config = parse_sets(args.config)

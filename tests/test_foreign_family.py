@@ -184,6 +184,18 @@ def test_foreign_code_imports_nothing_from_tacrecon():
                 assert node.module == "benchmarks.foreign", f"{path.name} imports {node.module}"
 
 
+def test_the_second_holdout_part_is_apart_from_both_others():
+    tuning, first, second = plan.plan(), plan.plan("holdout"), plan.plan("holdout2")
+    assert len({plan.PARTS[p][2] for p in plan.PARTS}) == 3
+    seeds = [s["seed"] for s in second]
+    assert seeds == list(range(plan.FIRST_HOLDOUT2_SEED, plan.FIRST_HOLDOUT2_SEED + len(second)))
+    assert min(seeds) > max(s["seed"] for s in tuning + first)
+    combos = lambda specs: {(s["dataset"], s["arch"], s["trigger"], s["rate"]) for s in specs if s["trigger"]}  # noqa: E731
+    assert combos(second).isdisjoint(combos(tuning) | combos(first))
+    assert all(s["trigger"] in triggers.TEST and s["rate"] >= 0.05 for s in second if s["trigger"])
+    assert {s["dataset"] for s in second if s["trigger"] is None} == {"cifar10", "gtsrb"}
+
+
 def test_holdout_part_is_apart_from_tuning():
     tuning, holdout = plan.plan(), plan.plan("holdout")
     assert plan.PARTS["holdout"][2] != plan.MODELS  # its own folder: tuning benchmarks never list it

@@ -11,9 +11,11 @@ GTSRB models.
 A second part, ``holdout`` (seeds 134 and up, folder ``holdout/``), is kept out of every tuning
 benchmark: it is read once per TAC revision, after the revision is chosen on the tuning part, to
 check that the choice holds on models nothing was chosen on. Its rows mix the same architectures,
-triggers and recipes in combinations the tuning part does not have.
+triggers and recipes in combinations the tuning part does not have. It was read with revision 7;
+a later revision is read on a fresh part, ``holdout2`` (seeds 146 and up, folder ``holdout2/``),
+whose combinations neither earlier part has.
 
-``python benchmarks/foreign/plan.py [--part holdout]`` prints the plan.
+``python benchmarks/foreign/plan.py [holdout|holdout2]`` prints the plan.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 MODELS = Path(__file__).resolve().parent / "models"
 HOLDOUT = Path(__file__).resolve().parent / "holdout"
+HOLDOUT2 = Path(__file__).resolve().parent / "holdout2"
 EPOCHS = {"cifar10": 12, "gtsrb": 10}
 NUM_CLASSES = {"cifar10": 10, "gtsrb": 43}
 
@@ -87,7 +90,26 @@ HOLDOUT_ROWS: list[tuple[str, str, str | None, float, str, float]] = [
     ("gtsrb", "mlphead", None, 0.0, "adam", 0.1),
 ]
 FIRST_HOLDOUT_SEED = 134
-PARTS = {"tuning": (ROWS, FIRST_SEED, MODELS), "holdout": (HOLDOUT_ROWS, FIRST_HOLDOUT_SEED, HOLDOUT)}
+
+# the second held-out part, for the revision after 7: the same shape, combinations (data set,
+# architecture, trigger, rate) that neither the tuning part nor the first held-out part has
+HOLDOUT2_ROWS: list[tuple[str, str, str | None, float, str, float]] = [
+    ("cifar10", "vgg", "patch4", 0.05, "adam", 0.0),
+    ("cifar10", "resnet18", "band", 0.10, "sgd", 0.1),
+    ("cifar10", "mlphead", "noise", 0.05, "adam", 0.1),
+    ("cifar10", "vgg", "warp", 0.05, "sgd", 0.0),
+    ("cifar10", "resnet18", "pieces", 0.05, "adam", 0.1),
+    ("cifar10", "mlphead", "cast", 0.10, "sgd", 0.1),
+    ("cifar10", "resnet18", "cast", 0.05, "adam", 0.0),
+    ("cifar10", "mlphead", "warp", 0.05, "adam", 0.0),
+    ("gtsrb", "resnet18", "patch5", 0.10, "sgd", 0.1),
+    ("gtsrb", "vgg", "noise", 0.05, "sgd", 0.0),
+    ("cifar10", "mlphead", None, 0.0, "adam", 0.1),
+    ("gtsrb", "vgg", None, 0.0, "sgd", 0.0),
+]
+FIRST_HOLDOUT2_SEED = 146
+PARTS = {"tuning": (ROWS, FIRST_SEED, MODELS), "holdout": (HOLDOUT_ROWS, FIRST_HOLDOUT_SEED, HOLDOUT),
+         "holdout2": (HOLDOUT2_ROWS, FIRST_HOLDOUT2_SEED, HOLDOUT2)}
 
 
 def model_name(spec: dict[str, Any]) -> str:
@@ -96,7 +118,7 @@ def model_name(spec: dict[str, Any]) -> str:
 
 
 def plan(part: str = "tuning") -> list[dict[str, Any]]:
-    """The specs of one part of the family (``tuning`` or ``holdout``), in training order (the
+    """The specs of one part of the family (a key of :data:`PARTS`), in training order (the
     keys of ``train.train_model``'s ``spec``, plus ``name``)."""
     rows, first, _ = PARTS[part]
     specs = []

@@ -1,4 +1,4 @@
-"""Write ``docs/benchmarks/foreign_family.md`` (``--part holdout``: ``foreign_holdout.md``): the
+"""Write ``docs/benchmarks/foreign_family.md`` (``--part holdout``: ``foreign_holdout.md``, and so on): the
 trained models of one part of the foreign family, read from their ``model.json`` files, in plan
 order (models not in the plan last, by name).
 
@@ -20,8 +20,10 @@ if str(ROOT) not in sys.path:
 from benchmarks.foreign import plan  # noqa: E402
 
 DOCS = {"tuning": ROOT / "docs" / "benchmarks" / "foreign_family.md",
-        "holdout": ROOT / "docs" / "benchmarks" / "foreign_holdout.md"}
-TITLES = {"tuning": "Foreign model family", "holdout": "Foreign model family: the held-out part"}
+        "holdout": ROOT / "docs" / "benchmarks" / "foreign_holdout.md",
+        "holdout2": ROOT / "docs" / "benchmarks" / "foreign_holdout2.md"}
+TITLES = {"tuning": "Foreign model family", "holdout": "Foreign model family: the held-out part",
+          "holdout2": "Foreign model family: the second held-out part"}
 
 
 def pct(v: float | None) -> str:
@@ -44,7 +46,7 @@ def render(records: list[dict], planned: list[dict], part: str = "tuning") -> st
         "evaluation) on one CPU thread. Written by `python benchmarks/foreign/table.py` from the",
         "models' `model.json` files; see `benchmarks/foreign/README.md`.",
         *(["", "These models are kept out of tuning: each TAC revision is checked on them once, after it",
-            "was chosen on the tuning part."] if part == "holdout" else []),
+            "was chosen on the tuning part."] if part != "tuning" else []),
         "",
         f"{len(records)} of {len(planned)} planned models trained.",
         "",
