@@ -7,7 +7,7 @@
 #   bash scripts/gpu_protocol.sh
 # What travels to that machine is limited to 64 MiB, so before the call leave the grid's results
 # and the foreign models out of the working tree and bring CIFAR-10 along in an ignored folder:
-#   git sparse-checkout set --no-cone '/*' '!/docs/results/' '!/benchmarks/foreign/models/'
+#   git sparse-checkout set --no-cone '/*' '!/docs/results/' '!/benchmarks/foreign/models/' '!/benchmarks/foreign/holdout*/'
 #   echo /data/ >> .git/info/exclude; mkdir -p data && cp -r ../shared/data/cifar10 data/
 # and name `data` in the call's carry. Undo with `git sparse-checkout disable` afterwards.
 # The test suite runs this script on the CPU with a tiny grid (CONFIG, RESULTS, DEVICE, DATA, WORKERS).
