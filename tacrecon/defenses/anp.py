@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from tacrecon.data.augment import augment
+from tacrecon.data.augment import augment, to_device
 from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES, Defense, holdout
 from tacrecon.errors import TacreconError
@@ -195,7 +195,7 @@ class ANP(Defense):
         pad = self.crop_padding if self.crop_padding >= 0 else clean.x.shape[-1] // 8
         loss = torch.zeros(())
         for _ in range(self.iterations):
-            idx = torch.randint(len(clean), (self.batch_size,), generator=generator).to(clean.device)
+            idx = to_device(torch.randint(len(clean), (self.batch_size,), generator=generator), clean.device)
             x, y = augment(clean.x[idx], generator, pad, self.flip), clean.y[idx]
             loss_rob = torch.zeros((), device=x.device)
             if self.eps > 0:

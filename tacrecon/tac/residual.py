@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tacrecon.data.augment import stamp
+from tacrecon.data.augment import stamp, to_device
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.models import Classifier, inspecting
@@ -77,7 +77,7 @@ def search_patch(model: Classifier, clean: Split, k: int, pixels: int, steps: in
     opt = torch.optim.Adam([mask_raw, pattern_raw], lr=lr)
     labels = torch.full((batch_size,), k, device=clean.device)
     for _ in range(steps):
-        x = others[torch.randint(others.shape[0], (batch_size,), generator=generator).to(clean.device)]
+        x = others[to_device(torch.randint(others.shape[0], (batch_size,), generator=generator), clean.device)]
         mask, pattern = torch.sigmoid(mask_raw), torch.sigmoid(pattern_raw)
         loss = F.cross_entropy(model(stamp(x, mask, pattern)), labels[:x.shape[0]])
         loss = loss + F.relu(mask.sum() - budget) / budget

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tacrecon.data.augment import add_clipped, stamp
+from tacrecon.data.augment import add_clipped, stamp, to_device
 from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.metrics import predict, rate
@@ -41,7 +41,7 @@ def search_stand_in(model: Classifier, clean: Split, target: int, shift: Tensor,
     goal = shift.detach().to(others)
     with inspecting(model):
         for _ in range(steps):
-            x = others[torch.randint(others.shape[0], (batch_size,), generator=generator).to(clean.device)]
+            x = others[to_device(torch.randint(others.shape[0], (batch_size,), generator=generator), clean.device)]
             with torch.no_grad():
                 before = model.latent(x)
             after = model.latent(add_clipped(x, eps * torch.tanh(raw)))
