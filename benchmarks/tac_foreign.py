@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
     parser.add_argument("--part", choices=sorted(plan.PARTS), default="tuning",
-                        help="holdout: the family's held-out part (benchmarks/foreign/holdout), read once per revision")
+                        help="holdout, holdout2: one of the family's held-out parts, each read once per revision")
     parser.add_argument("--name", default="tac_foreign", help="result name (a folder of per-model JSON and a table)")
     args = parser.parse_args()
     config = parse_sets(args.config)

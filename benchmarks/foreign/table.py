@@ -19,9 +19,8 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.foreign import plan  # noqa: E402
 
-DOCS = {"tuning": ROOT / "docs" / "benchmarks" / "foreign_family.md",
-        "holdout": ROOT / "docs" / "benchmarks" / "foreign_holdout.md",
-        "holdout2": ROOT / "docs" / "benchmarks" / "foreign_holdout2.md"}
+DOCS = {part: ROOT / "docs" / "benchmarks" / ("foreign_family.md" if part == "tuning" else f"foreign_{part}.md")
+        for part in plan.PARTS}
 TITLES = {"tuning": "Foreign model family", "holdout": "Foreign model family: the held-out part",
           "holdout2": "Foreign model family: the second held-out part"}
 

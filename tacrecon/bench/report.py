@@ -178,7 +178,7 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
             "body": body, "bold": [[] for _ in body]}
 
 
-def removal_bar(rows: list[Row], asr: float = 0.05, drop: float = 0.02) -> dict[str, Any] | None:
+def removal_bar(rows: list[Row], asr: float = IMPLANT_ASR, drop: float = 0.02) -> dict[str, Any] | None:
     """Per data set and architecture, how many attacked models each defense brings to ASR <= ``asr``
     within ``drop`` of the attacked model's accuracy (the protocol's removal bar), among the models
     the attack implanted in; None without any."""

@@ -17,7 +17,7 @@ from tacrecon.bench.cells import FAILED_SUFFIX
 from tacrecon.errors import TacreconError
 from tacrecon.io import read_json
 
-# an attacked model whose ASR before any defense is at most the removal bar's ASR holds no backdoor
+# an attacked model whose ASR before any defense is at most this, the removal bar's ASR, holds no backdoor
 # to find or remove: the report leaves it out of detection, the removal bar and the comparison
 IMPLANT_ASR = 0.05
 
