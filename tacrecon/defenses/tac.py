@@ -84,8 +84,9 @@ class TAC(FinetuneDefense):
     budgets: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {}, "smoke": {"epochs": 1, "force_target": 0, "stand_in_steps": 10, "stand_in_patch_steps": 10}}
     # 2: the high side is pruned to its peak; 3: stand-in triggers; 4: the robust look; 5: the class-count
-    # prior; 6: prune_stop 1.1 -> 1.2; 7: patch stand-ins (25 pixels)
-    revision: ClassVar[int] = 7
+    # prior; 6: prune_stop 1.1 -> 1.2; 7: patch stand-ins (25 pixels); 8: the low side unpruned, the TAC loss
+    # (beta 0.3), distillation on the unstamped images, lr 0.005 (frozen: docs/method.md)
+    revision: ClassVar[int] = 8
 
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     robust: RobustLookConfig = field(default_factory=RobustLookConfig)
@@ -96,12 +97,13 @@ class TAC(FinetuneDefense):
     force_target: int = -1
     repair: bool = True
     method: str = "prune"
-    beta: float = 0.0
-    distill: float = 0.0
-    distill_stamped: bool = True
+    beta: float = 0.3
+    distill: float = 1.0
+    distill_stamped: bool = False
     recompute: bool = False
     freeze_head: bool = True
     epochs: int = 10
+    lr: float = 0.005
     batch_size: int = 128
 
     @classmethod

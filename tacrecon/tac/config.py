@@ -104,10 +104,10 @@ class PruneConfig(Config):
             (largest |s_t| over the unit's clean standard deviation).
         peak_max_drop: a high-side class is pruned to the peak of its norm, stopping before the
             clean accuracy of the pruned head falls by more than this.
-        low: prune the low-side targets too (and those of the robust look); False: only the
-            high-side ones (a clean-label trigger's units), the low-side ones are left to the
-            fine-tune and its stand-ins (pruning there costs accuracy on models of other
-            recipes: docs/method.md).
+        low: prune the low-side targets too (and those of the robust look; the default until
+            revision 7); False: only the high-side ones (a clean-label trigger's units), the
+            low-side ones are left to the fine-tune, its stand-ins and the TAC loss (pruning
+            there costs accuracy on models of other recipes: docs/method.md).
     """
 
     stop: float = 1.2
@@ -115,7 +115,7 @@ class PruneConfig(Config):
     max: float = 0.5
     rank: str = "shift"
     peak_max_drop: float = 0.01
-    low: bool = True
+    low: bool = False
 
     def validate(self) -> None:
         if self.stop <= 0 or self.step < 0 or not 0 < self.max <= 1:
