@@ -277,6 +277,13 @@ def vgg11_bn(**kwargs) -> VGG:
     return VGG([64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"], **kwargs)
 
 
+@MODELS.register("vgg_small")
+def vgg_small(**kwargs) -> VGG:
+    """Small VGG with batch norm and max pooling (widths 32-64-128-256, 1.1M params): the CPU
+    protocol's second architecture, no residuals, about resnet_small's training cost."""
+    return VGG([32, "M", 64, "M", 128, 128, "M", 256, 256, "M"], **kwargs)
+
+
 @MODELS.register("vgg19_bn")
 def vgg19_bn(**kwargs) -> TorchvisionVGG:
     """VGG19 with batch norm as torchvision (and so BackdoorBench) builds it: 139.6M params at 10 classes."""
