@@ -94,6 +94,20 @@ def test_the_robustness_config_plans_its_cells():
     assert {"tac_aware", "adap_blend", "adap_patch", "tact", "lc", "grond"} <= {c.attack for c in cells}
 
 
+def test_the_confirm_config_draws_its_targets_from_the_seed_and_marks_reduced_cells():
+    import random
+
+    cells = expand(load_config(Path(__file__).parents[1] / "configs" / "confirm.yaml"))
+    classes = {"cifar10": 10, "gtsrb": 43}
+    for c in cells:
+        if c.attack != "none":  # the rule written in the config, applied before any model existed
+            rng = random.Random(f"confirm-{c.dataset}-{c.seed}-{c.attack}")
+            assert c.attack_params["target"] == rng.randrange(classes[c.dataset]), c
+    assert {c.seed for c in cells} == {2, 3} and {c.arch for c in cells} == {"resnet_small", "vgg_small"}
+    assert {c.defense for c in cells if c.defense_params} == {"anp", "nc", "sau"}  # the reduced ones, named apart
+    assert all(c.budget is None for c in cells)  # every other defense at its published recipe
+
+
 def test_cell_paths_are_stable(tmp_path):
     cell = Cell("cifar10", "resnet_small", "badnets", 1, "tac", "cpu")
     assert cell.result_path(tmp_path) == tmp_path / "cells/cifar10/resnet_small/badnets/seed1/tac.json"
