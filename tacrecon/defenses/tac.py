@@ -49,7 +49,8 @@ _UNSTORED = {"prune_low": True, "momentum": 0.9, "weight_decay": 5e-4, "flip": F
 @DEFENSES.register("tac")
 @dataclass
 class TAC(FinetuneDefense):
-    """TAC (arXiv 2511.08944): latent QP per class, poisoned-class test, pruning and fine-tune.
+    """TAC (arXiv 2511.08944): latent QP per class, poisoned-class test, then a fine-tune with the
+    TAC loss, stand-in triggers and distillation (a high-side target's units pruned first).
 
     Args:
         detection, robust, prior: the scan (:mod:`tacrecon.tac.config`): the plain look and its
@@ -59,7 +60,8 @@ class TAC(FinetuneDefense):
         force_target: repair this class (only) even if the model looks clean (-1: off);
             otherwise every flagged class is repaired, each with its own s_t.
         repair: repair after the scan (False: scan only).
-        method: ``prune`` (prune the TAC's units, then fine-tune with them held at 0) or
+        method: ``prune`` (prune the TAC's units, the low side's only with ``prune_low``, then
+            fine-tune with them held at 0) or
             ``finetune`` (fine-tune only, with the TAC loss).
         beta: weight of the TAC loss (:func:`~tacrecon.tac.repair.unlearn_loss`; 0: plain CE).
         distill: weight of the distillation from the model before the repair, its logits without
