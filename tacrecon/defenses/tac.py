@@ -40,7 +40,8 @@ from tacrecon.tac.residual import Residual, estimate_residual
 from tacrecon.tac.stand_in import BatchHook, ChasingStandIns, chain, stamp_patches, stamp_stand_ins
 
 # settings that records of earlier revisions did not store: the values those revisions used (no self-check)
-_UNSTORED = {"frozen_norms": False, "prune_low": True, "momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0, "distill_stamped": True,
+_UNSTORED = {"frozen_norms": False, "prune_low": True, "momentum": 0.9, "weight_decay": 5e-4, "flip": False,
+             "distill": 0.0, "distill_stamped": True,
              "stand_in_chase": 0, "stand_in_chase_step": 0.01, "stand_in_patch": 0, "stand_in_patch_steps": 60,
              "stand_in_patch_lr": 0.3,
              **{key: getattr(SelfCheckConfig(rounds=0), name) for key, (group, name) in FLAT.items() if group == "check"}}
