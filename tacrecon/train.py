@@ -40,8 +40,6 @@ class TrainConfig(Config):
     decay from lr, no warm-up) or ``constant``. ``amp``: bf16 autocast on CUDA (no effect on the
     CPU), for every loop that uses this config, the defenses' fine-tunes included (BackdoorBench:
     fp16 AMP in FT, FP and NC; fp32 in FT-SAM's loop and NAD's student).
-    ``frozen_norms``: batch-norm layers keep their running statistics (evaluation mode) while the
-    rest trains, so that batches unlike the training data (stamped images) do not move them.
     """
 
     epochs: int = 18
@@ -58,7 +56,6 @@ class TrainConfig(Config):
     channels_last: bool = True
     amp: bool = True
     progress: bool = True
-    frozen_norms: bool = False
 
     def validate(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
@@ -131,12 +128,12 @@ def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
     steps_per_epoch = batches_per_epoch(len(data), cfg.batch_size)
     total, step, history = cfg.epochs * steps_per_epoch, 0, []
     bar = tqdm(total=total, desc=desc, disable=None if cfg.progress else True, leave=False)
-    train_mode(model, cfg.frozen_norms)
+    model.train()
     with global_rng_from(generator, data.device):
         for epoch in range(cfg.epochs):
             if epoch_hook is not None:
                 epoch_hook(epoch)
-                train_mode(model, cfg.frozen_norms)
+                model.train()
             order = torch.randperm(len(data), generator=generator).to(data.device)
             losses = []
             for i in range(steps_per_epoch):
@@ -157,15 +154,6 @@ def fit(model: nn.Module, data: Split, cfg: TrainConfig | None = None, *,
     bar.close()
     model.eval()
     return history
-
-
-def train_mode(model: nn.Module, frozen_norms: bool = False) -> None:
-    """Put ``model`` in train mode, its batch-norm layers in evaluation mode if ``frozen_norms``."""
-    model.train()
-    if frozen_norms:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
 
 
 # a last batch smaller than this is left out of the epoch: batch norm's statistics of a handful of

@@ -164,15 +164,3 @@ def test_an_epoch_leaves_out_a_tiny_last_batch():
     assert batches_per_epoch(258, 128) == 2  # a tail of 2 images: batch norm on noise
     assert batches_per_epoch(256 + MIN_TAIL, 128) == 3 and batches_per_epoch(287, 128) == 3
     assert batches_per_epoch(256, 128) == 2 and batches_per_epoch(5, 128) == 1  # one small batch is all there is
-
-
-def test_frozen_norms_keep_the_running_statistics_while_the_weights_train():
-    model = create_model("resnet_small", num_classes=2, width=4)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    before = [(m.running_mean.clone(), m.weight.clone()) for m in norms]
-    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, progress=False, frozen_norms=True)
-    fit(model, toy_split(64), cfg, generator=torch.Generator().manual_seed(0), epoch_hook=lambda epoch: None)
-    assert all(torch.equal(m.running_mean, mean) for m, (mean, _) in zip(norms, before))
-    assert any(not torch.equal(m.weight, weight) for m, (_, weight) in zip(norms, before))  # still trained
-    fit(model, toy_split(64), CFG.replace(epochs=1), generator=torch.Generator().manual_seed(0))
-    assert not all(torch.equal(m.running_mean, mean) for m, (mean, _) in zip(norms, before))  # the default moves them

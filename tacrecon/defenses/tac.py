@@ -40,8 +40,8 @@ from tacrecon.tac.residual import Residual, estimate_residual
 from tacrecon.tac.stand_in import BatchHook, ChasingStandIns, chain, stamp_patches, stamp_stand_ins
 
 # settings that records of earlier revisions did not store: the values those revisions used (no self-check)
-_UNSTORED = {"frozen_norms": False, "prune_low": True, "momentum": 0.9, "weight_decay": 5e-4, "flip": False,
-             "distill": 0.0, "distill_stamped": True,
+_UNSTORED = {"prune_low": True, "momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0,
+             "distill_stamped": True,
              "stand_in_chase": 0, "stand_in_chase_step": 0.01, "stand_in_patch": 0, "stand_in_patch_steps": 60,
              "stand_in_patch_lr": 0.3,
              **{key: getattr(SelfCheckConfig(rounds=0), name) for key, (group, name) in FLAT.items() if group == "check"}}
@@ -71,8 +71,6 @@ class TAC(FinetuneDefense):
             unstamped part of each batch only).
         recompute: recompute the s_t against the current model before every epoch.
         freeze_head: fine-tune the body only.
-        frozen_norms: batch norm keeps the model's running statistics during the fine-tune (the
-            stamped fifths of each batch do not move them).
         epochs, lr, batch_size, momentum, weight_decay, crop_padding, flip: the fine-tune
             (:class:`~tacrecon.defenses.finetune.FinetuneDefense`; Nesterov momentum).
 
@@ -110,7 +108,6 @@ class TAC(FinetuneDefense):
     epochs: int = 10
     lr: float = 0.005
     batch_size: int = 128
-    frozen_norms: bool = False
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None = None, **overrides: Any) -> TAC:
@@ -319,5 +316,5 @@ class TAC(FinetuneDefense):
         teacher = getattr(self, "teacher_", None)  # set during a fit; unlearn may also run on its own
         weight, on_stamped = distill or (self.distill, self.distill_stamped)
         loss = unlearn_loss(current, targets, beta, teacher, weight, skip=0.0 if on_stamped else stamped)
-        return self.finetune(model, clean, generator, loss_fn=loss, params=params, batch_hook=batch_hook,
-                             epoch_hook=epoch_hook, nesterov=True, frozen_norms=self.frozen_norms)
+        return self.finetune(model, clean, generator, loss_fn=loss, params=params,
+                             batch_hook=batch_hook, epoch_hook=epoch_hook, nesterov=True)
