@@ -104,7 +104,7 @@ def test_the_confirm_config_draws_its_targets_from_the_seed_and_marks_reduced_ce
             rng = random.Random(f"confirm-{c.dataset}-{c.seed}-{c.attack}")
             assert c.attack_params["target"] == rng.randrange(classes[c.dataset]), c
     assert {c.seed for c in cells} == {2, 3} and {c.arch for c in cells} == {"resnet_small", "vgg_small"}
-    assert {c.defense for c in cells if c.defense_params} == {"anp", "nc", "sau"}  # the reduced ones, named apart
+    assert {c.defense for c in cells if c.defense_params} == {"nc", "sau"}  # the reduced ones, named apart
     assert all(c.budget is None for c in cells)  # every other defense at its published recipe
 
 
