@@ -1,8 +1,8 @@
 """The attack bar on the CPU protocol: every attack's ACC / ASR / RA and training minutes.
 
-Usage: python benchmarks/attacks_cpu.py --data-root DIR [--runs runs/cpu] [--attacks ...] [--seed 0]
+Usage: python benchmarks/attacks_cpu.py --data-root DIR [--runs runs/cpu] [--attacks ...] [--seed 0] [--arch resnet_small]
 
-Each attack artifact goes to ``<runs>/<dataset>/resnet_small/<attack>/seed<seed>`` and is reused
+Each attack artifact goes to ``<runs>/<dataset>/<arch>/<attack>/seed<seed>`` and is reused
 when complete, so a killed run resumes where it stopped. The bar (attacks issue): ASR >= 90%
 (SIG >= 80%) with clean accuracy within 2 points of the clean model (``none``) of the same recipe.
 """
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--attacks", nargs="+", default=ORDER)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arch", default="resnet_small")
     parser.add_argument("--set", nargs="*", default=[], metavar="ATTACK.KEY=VALUE",
                         help="a deviation from the protocol, e.g. sig.rate=0.05 (named in folders and results)")
     args = parser.parse_args()
@@ -36,8 +37,8 @@ def main() -> None:
     records = {}
     for name in args.attacks:
         tag = "".join(f"-{k}{v}" for k, v in params.get(name, {}).items())
-        out = args.runs / args.dataset / "resnet_small" / f"{name}{tag}" / f"seed{args.seed}"
-        records[name + tag] = run_attack(name, args.dataset, "resnet_small", out, root=args.data_root, seed=args.seed,
+        out = args.runs / args.dataset / args.arch / f"{name}{tag}" / f"seed{args.seed}"
+        records[name + tag] = run_attack(name, args.dataset, args.arch, out, root=args.data_root, seed=args.seed,
                                          config=params.get(name))
         print(name + tag, {k: records[name + tag][k] for k in ("acc", "asr", "ra", "seconds")}, flush=True)
     clean = records.get("none", {}).get("acc")
@@ -53,8 +54,9 @@ def main() -> None:
         "timings; the quiet-machine training cost is in train_throughput_cpu.md (0.56 min per epoch).\n")
     summary = {n: {k: r[k] for k in ("acc", "asr", "ra", "seconds", "poisoned", "attack_config")} for n, r in records.items()}
     suffix = "_" + "_".join(args.set).replace("=", "") if args.set else ""
-    print(write_result(f"attacks_cpu_{args.dataset}_seed{args.seed}{suffix}",
-                       {"dataset": args.dataset, "seed": args.seed, "set": args.set, "attacks": summary}, table))
+    arch = "" if args.arch == "resnet_small" else f"_{args.arch}"
+    print(write_result(f"attacks_cpu_{args.dataset}{arch}_seed{args.seed}{suffix}",
+                       {"dataset": args.dataset, "arch": args.arch, "seed": args.seed, "set": args.set, "attacks": summary}, table))
 
 
 if __name__ == "__main__":
