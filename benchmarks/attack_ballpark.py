@@ -21,6 +21,7 @@ from typing import Any
 from common import markdown_table, write_result
 
 from tacrecon.attacks.base import ATTACKS
+from tacrecon.attacks.covers import CoverAttack
 from tacrecon.bench.rows import Row, load_rows
 
 BB = "BackdoorBench leaderboard (PreAct-ResNet18, CIFAR-10, no defense)"
@@ -74,9 +75,9 @@ def setting(row: Row) -> tuple[str, float | None, str]:
     own default and that default is its paper's (the cover attacks: 0.3%)."""
     base = row.attack.split("-")[0]
     params = row.attack_params or {}
-    default = ATTACKS.get(base).rate if base in ATTACKS else 0.1
-    rate = params.get("rate", default)
-    own_default = base in ("adap_blend", "adap_patch", "tact") and rate == default and "cover_rate" not in params
+    attack = ATTACKS.get(base)
+    rate = params.get("rate", attack.rate)
+    own_default = issubclass(attack, CoverAttack) and rate == attack.rate and "cover_rate" not in params
     return base, None if own_default else rate, params.get("label_mode", "all2one")
 
 
