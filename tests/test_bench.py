@@ -106,6 +106,7 @@ def test_the_confirm_config_draws_its_targets_from_the_seed_and_marks_reduced_ce
     assert {c.seed for c in cells} == {2, 3} and {c.arch for c in cells} == {"resnet_small", "vgg_small"}
     assert {c.defense for c in cells if c.defense_params} == {"nc", "sau"}  # the reduced ones, named apart
     assert all(c.budget is None for c in cells)  # every other defense at its published recipe
+    assert {c.attack_dir for c in cells} == {c.attack for c in cells}  # one report row per attack
 
 
 def test_cell_paths_are_stable(tmp_path):
@@ -117,6 +118,11 @@ def test_cell_paths_are_stable(tmp_path):
     again = Cell("cifar10", "resnet_small", "badnets", 1, "tac", "cpu", {"patch_size": 4}, {}, {"lr": 0.1})
     assert tuned.result_path(tmp_path) == again.result_path(tmp_path)
     assert tuned.defense_name.startswith("tac-") and len(tuned.defense_name) == len("tac-") + 8
+    # the target names no folder: models whose targets are drawn per seed stay one report row
+    aimed = Cell("cifar10", "resnet_small", "badnets", 2, "tac", None, {"target": 3})
+    assert aimed.attack_dir == "badnets"
+    assert Cell("cifar10", "resnet_small", "badnets", 1, "tac", "cpu", {"patch_size": 4, "target": 3}, {},
+                {"lr": 0.1}).attack_dir == tuned.attack_dir
 
 
 def test_expand_and_only():
@@ -500,10 +506,12 @@ def test_report_reads_the_attack_from_the_result_not_the_folder(tmp_path):
 
 
 def test_report_names_what_a_hashed_attack_overrides(tmp_path):
-    request = {"attack_params": {"label_mode": "all2all"}, "train": {"epochs": 50}}
+    request = {"attack_params": {"label_mode": "all2all", "target": 3}, "train": {"epochs": 50}}
     hand_cell(tmp_path, "badnets", 0, "tac", 0.84, 0.05, 0.9, folder="badnets-1a2b3c4d", request=request)
-    md = write_report(tmp_path)["md"]
+    hand_cell(tmp_path, "blended", 0, "tac", 0.84, 0.05, 0.9, request={"attack_params": {"target": 3}})
+    md = write_report(tmp_path)["md"]  # the target names no folder, so it is no override either
     assert 'Overridden attacks: badnets-1a2b3c4d = label_mode=all2all, train={"epochs":50}' in md
+    assert "blended =" not in md
 
 
 def test_report_names_what_a_hashed_defense_overrides(tmp_path):

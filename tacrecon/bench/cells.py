@@ -7,7 +7,11 @@ A cell is one (dataset, arch, attack, seed, defense). Its paths are made from it
     <out>/cells/<dataset>/<arch>/<attack>[-<h>]/seed<seed>/<defense>[-<h>].json
 
 ``-<h>`` (8 hex digits of a hash) appears only when the attack's or the defense's hyperparameters
-or the train budget are overridden, so a default cell always has the same readable path. A cell is
+or the train budget are overridden, so a default cell always has the same readable path. The
+attack's target class does not name its folder: it is where the backdoor points, not how the
+attack works, so models whose targets are drawn per seed stay one row of the report (a grid holds
+one target per data set, arch, attack and seed; the cell records it, and a changed target makes
+the cell stale). A cell is
 finished when its JSON exists (written atomically, last); a failed cell leaves ``<...>.failed.json``
 instead and is retried by the next run.
 """
@@ -25,11 +29,17 @@ from tacrecon.config import differences
 from tacrecon.errors import TacreconError
 
 FAILED_SUFFIX = ".failed.json"
+UNNAMED_ATTACK_PARAMS = ("target",)  # attack parameters that do not enter the folder's name
 
 
 def short_hash(obj: Any) -> str:
     """8 hex digits identifying a JSON-able ``obj`` (key order does not matter)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def naming_params(attack_params: dict) -> dict:
+    """The attack parameters that name its folder (all but the target class)."""
+    return {k: v for k, v in attack_params.items() if k not in UNNAMED_ATTACK_PARAMS}
 
 
 @dataclass(frozen=True)
@@ -51,8 +61,9 @@ class Cell:
     @property
     def attack_dir(self) -> str:
         """``<attack>`` or ``<attack>-<hash>`` when its parameters or the train budget differ."""
-        extra = {"attack_params": self.attack_params, "train": self.train}
-        return self.attack if not (self.attack_params or self.train) else f"{self.attack}-{short_hash(extra)}"
+        params = naming_params(self.attack_params)
+        extra = {"attack_params": params, "train": self.train}
+        return self.attack if not (params or self.train) else f"{self.attack}-{short_hash(extra)}"
 
     @property
     def defense_name(self) -> str:

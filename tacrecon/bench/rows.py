@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from tacrecon.bench.cells import FAILED_SUFFIX
+from tacrecon.bench.cells import FAILED_SUFFIX, naming_params
 from tacrecon.errors import TacreconError
 from tacrecon.io import read_json
 
@@ -109,10 +109,11 @@ def read_row(root: Path, path: Path) -> Row:
 
 
 def attack_overrides(request: dict) -> dict | None:
-    """What a cell's ``<attack>-<hash>`` folder stands for: the attack's parameters and the
-    victim recipe's changes (``train``) that the grid set; None when it set none."""
+    """What a cell's ``<attack>-<hash>`` folder stands for: the attack's parameters (but its target,
+    which names no folder) and the victim recipe's changes (``train``) that the grid set; None
+    when it set none."""
     train = request.get("train") or {}
-    return {**(request.get("attack_params") or {}), **({"train": train} if train else {})} or None
+    return {**naming_params(request.get("attack_params") or {}), **({"train": train} if train else {})} or None
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
