@@ -147,6 +147,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("report", help="tables and plots of a bench results folder")
     p.add_argument("dir", type=Path, help="the --out folder of `tacrecon bench`")
     p.add_argument("--format", choices=["md", "html", "csv"], default="md", help="what to print (all are written)")
+    p.add_argument("--development", type=Path, default=None,
+                   help="another bench folder: the development grid, reported below DIR's (the confirmatory one)")
 
     p = sub.add_parser("list", help="list registered datasets, models, attacks or defenses")
     p.add_argument("what", choices=["datasets", "models", "attacks", "defenses"])
@@ -270,7 +272,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from tacrecon.bench import write_report
 
-    print(write_report(args.dir)[args.format], end="")
+    print(write_report(args.dir, args.development)[args.format], end="")
     return 0
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tacrecon.bench import BenchConfig, Cell, expand, load_config, parse_only, plan, run_grid, runner, write_report
+from tacrecon.bench import (BenchConfig, Cell, expand, load_config, parse_only, plan, report_text, run_grid, runner,
+                            write_report)
 from tacrecon.errors import TacreconError
 
 TINY = {"name": "tiny", "grids": [{"datasets": ["digits"], "archs": ["test_cnn"], "attacks": ["badnets"],
@@ -445,10 +446,11 @@ def test_report_on_a_hand_made_folder(tmp_path):
     # the cost: four attack models of a minute each on CIFAR-10 (each counted once), one on GTSRB, 9 cells of 1 s
     assert "| cifar10/resnet_small | (attack models) | 4 | 1.0 | 0.07 |" in md
     assert "| cifar10/resnet_small | tac | 4 | 0.0 | 0.00 |" in md and "| all |  | 14 |  | 0.09 |" in md
-    for name in ("asr_vs_acc_cifar10_resnet_small.png", "asr_vs_acc_gtsrb_resnet_small.png"):
-        assert (tmp_path / name).stat().st_size > 1000  # one scatter per data set and architecture
+    for name in ("asr_vs_acc_cifar10_resnet_small.png", "asr_vs_acc_gtsrb_resnet_small.png",
+                 "der_vs_minutes_cifar10_resnet_small.png", "der_vs_minutes_gtsrb_resnet_small.png"):
+        assert (tmp_path / name).stat().st_size > 1000  # two figures per data set and architecture
     assert len(list((tmp_path / "plots").glob("tac_*.png"))) == 4
-    assert texts["html"].count("data:image/png;base64") == 6
+    assert texts["html"].count("data:image/png;base64") == 8
 
 
 def test_report_bold_needs_a_rival_a_gain_and_every_seed(tmp_path):
@@ -489,9 +491,10 @@ def test_report_sets_tac_against_the_best_other_defense(tmp_path):
     hand_cell(tmp_path, "none", 0, "tac", 0.86, None, None)
     md = write_report(tmp_path)["md"]
     assert "### tac against the best other defense (wins 1, tie 1, loses 2;" in md
-    assert "| trojan | 1 | 0.900 | 84.0 / 10.0 | nc | 0.950 |" in md
-    assert "| cifar10/resnet_small | badnets | 2 | 0.900 | 84.0±0.0 / 10.0±0.0 | fp | 0.800 |" in md
-    assert "| blended | 2 | 0.800 | 84.0±0.0 / 10.0±0.0 | ft | 0.950 | 84.0±0.0 / 10.0±0.0 | -0.150 | loses |" in md
+    assert "| trojan | 1 | 0.900 | 84.0 / 10.0 | <0.1 | nc | 0.950 |" in md
+    assert "| cifar10/resnet_small | badnets | 2 | 0.900 | 84.0±0.0 / 10.0±0.0 | <0.1 | fp | 0.800 |" in md
+    assert ("| blended | 2 | 0.800 | 84.0±0.0 / 10.0±0.0 | <0.1 | ft | 0.950 | 84.0±0.0 / 10.0±0.0 | <0.1 | -0.150 "
+            "| loses |") in md
     assert "| wanet | 2 | 0.900 |" in md and "| +0.002 | tie |" in md
     assert "| sig |" not in md.split("### tac against")[1]
 
@@ -503,6 +506,33 @@ def test_report_reads_the_attack_from_the_result_not_the_folder(tmp_path):
     md = write_report(tmp_path)["md"]
     assert "| cifar10/resnet_small | none-abcdef12 | FP 1/1 |" in md  # a false positive, not a detection
     assert md.index("| none-abcdef12 | 1 |") < md.index("| badnets-abcdef12 | 1 |")
+
+
+def test_report_sets_each_defense_s_minutes_beside_its_benefit(tmp_path):
+    for defense, asr, der, seconds in (("none", 0.95, 0.5, 0.5), ("tac", 0.02, 0.96, 60.0),
+                                       ("ftsam", 0.03, 0.95, 600.0), ("nc", 0.30, 0.80, 2400.0)):
+        hand_cell(tmp_path, "badnets", 0, defense, 0.84, asr, der, seconds=seconds)
+    hand_cell(tmp_path, "none", 0, "tac", 0.86, None, None, seconds=180.0)  # the median of 1 and 3 minutes
+    md = write_report(tmp_path)["md"]
+    assert "| minutes (median) |  | <0.1 | 2.0 | 10.0 | 40.0 |" in md  # none, tac, then the others by name
+    assert "| cifar10/resnet_small | badnets | 1 | 0.960 | 84.0 / 2.0 | 1.0 | ftsam | 0.950 | 84.0 / 3.0 | 10.0 |" in md
+    assert (tmp_path / "der_vs_minutes_cifar10_resnet_small.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_in_two_parts_the_confirmatory_grid_above_the_development_one(tmp_path):
+    confirm, development = tmp_path / "confirm", tmp_path / "dev"
+    hand_cell(confirm, "badnets", 2, "tac", 0.84, 0.02, 0.96)
+    hand_cell(development, "badnets", 0, "tac", 0.80, 0.40, 0.70)
+    (development / "bench.json").write_text(json.dumps({"config": {"name": "cpu"}}))
+    texts = write_report(confirm, development)
+    md = texts["md"]
+    assert md.startswith("## Confirmatory grid: confirm\n")
+    assert md.index("84.0 / 2.0") < md.index("## Development grid: cpu (") < md.index("80.0 / 40.0")
+    assert report_text(confirm, development) == md == (confirm / "report.md").read_text()
+    assert "<h2>Development grid: cpu" in texts["html"] and not (development / "report.md").exists()
+    assert report_text(confirm) == md[len("## Confirmatory grid: confirm\n\n"):md.index("\n## Development")]
+    with pytest.raises(TacreconError, match="must be another folder"):
+        write_report(confirm, confirm)
 
 
 def test_report_names_what_a_hashed_attack_overrides(tmp_path):

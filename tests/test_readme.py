@@ -77,3 +77,15 @@ def test_every_committed_grid_cell_is_done_under_the_current_code():
     root = Path(__file__).resolve().parents[1]
     _, states = survey(load_config(root / "configs" / "cpu.yaml"), root / "docs" / "results" / "cpu")
     assert Counter(states.values()) == Counter({"done": len(states)})
+
+
+def test_readme_tables_script_replaces_each_table_by_the_report_s_of_its_header():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "scripts" / "readme_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    section = "## R\n\nA\n| a | b | c |\n|---|\n| old |\n\nB\n| x | y | z |\n|---|\n| old |\n"
+    report = "| x | y | z | w |\n|---|\n| new x |\n\n| a | b | c |\n|---|\n| new a |\n"
+    assert module.replace_tables(section, report) == (
+        "## R\n\nA\n| a | b | c |\n|---|\n| new a |\n\nB\n| x | y | z | w |\n|---|\n| new x |\n")

@@ -9,8 +9,15 @@ against the best other defense of each row (DER, margin, wins / loses); a fourth
 attacked models each defense brings under the removal bar; a fifth gives the cost (hours of
 cells and attack models per defense). Files written into
 DIR: report.md, report.csv, report.html (one self-contained page with the plots inlined),
-asr_vs_acc_<dataset>_<arch>.png, plots/<defense>_*.png (per-class norms of the scans). A defense, or an
-attack, whose cells were made by more than one revision of its code is named under the tables.
+asr_vs_acc_<dataset>_<arch>.png, der_vs_minutes_<dataset>_<arch>.png (benefit against cost, one
+panel per attack), plots/<defense>_*.png (per-class norms of the scans). Each table of a data set
+ends with every defense's median minutes, and the comparison gives both sides' minutes, so a claim
+about cost comes from the table. A defense, or an attack, whose cells were made by more than one
+revision of its code is named under the tables.
+
+``tacrecon report DIR --development DEV`` writes DIR's report in two labelled parts: DIR, the
+confirmatory grid (the headline), and below it DEV's tables, the development grid on which the
+method's choices were made.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 from tacrecon.bench.cells import FAILED_SUFFIX
 from tacrecon.bench.rows import IMPLANT_ASR, Row, fmt, load_rows, order
 from tacrecon.errors import TacreconError
-from tacrecon.io import atomic_write_bytes
+from tacrecon.io import atomic_write_bytes, read_json
 from tacrecon.plots import plot_norms, png_bytes, pyplot
 
 
@@ -58,9 +65,23 @@ def tables(rows: list[Row]) -> list[dict[str, Any]]:
                 ders.append(mean_der(group) if full else None)
             body.append([attack, str(seeds), *cells])
             bold.append(best_cells(ders))
+        minutes = [minutes_text(median_minutes([r for r in sub if r.defense == d])) for d in defenses]
+        body.append(["minutes (median)", "", *minutes])  # each defense's own time, clean models included
+        bold.append([])
         out.append({"title": f"{dataset} / {arch}", "header": ["attack", "seeds", *defenses], "body": body,
                     "bold": bold})
     return out
+
+
+def median_minutes(group: list[Row]) -> float | None:
+    """The median of the defense's own minutes over ``group``'s cells (None when empty)."""
+    return statistics.median(r.seconds for r in group) / 60 if group else None
+
+
+def minutes_text(minutes: float | None) -> str:
+    if minutes is None:
+        return ""
+    return "<0.1" if minutes < 0.05 else f"{minutes:.1f}"
 
 
 def cell_text(group: list[Row]) -> str:
@@ -144,7 +165,7 @@ def mean_der(group: list[Row]) -> float | None:
 
 def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
     """Where ``focus`` wins and loses: for each attacked row, its mean DER against the best other
-    defense's, and the margin, over the seeds that every defense of the row has finished (a
+    defense's, the margin and the median minutes each took, over the seeds that every defense of the row has finished (a
     defense still short of a seed is not left out of the comparison; the seed is) and on the
     models the attack implanted in (:meth:`Row.implanted`). None without ``focus``.
 
@@ -167,14 +188,15 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
         margin = ders[focus] - ders[rival]
         verdict = "tie" if abs(margin) < 5e-3 else "wins" if margin > 0 else "loses"
         body.append([f"{key[0]}/{key[1]}", key[2], str(len(seeds)), f"{ders[focus]:.3f}", cell_text(groups[focus]),
-                     rival, f"{ders[rival]:.3f}", cell_text(groups[rival]), f"{margin:+.3f}", verdict])
+                     minutes_text(median_minutes(groups[focus])), rival, f"{ders[rival]:.3f}",
+                     cell_text(groups[rival]), minutes_text(median_minutes(groups[rival])), f"{margin:+.3f}", verdict])
     if not body:
         return None
     tally = ", ".join(f"{v} {sum(row[-1] == v for row in body)}" for v in ("wins", "tie", "loses"))
     return {"title": f"{focus} against the best other defense ({tally}; mean DER over the row's seeds, "
                      "tie: within 0.005)",
-            "header": ["data/arch", "attack", "seeds", f"{focus} DER", f"{focus} ACC / ASR", "best other",
-                       "its DER", "its ACC / ASR", "margin", focus],
+            "header": ["data/arch", "attack", "seeds", f"{focus} DER", f"{focus} ACC / ASR", f"{focus} min",
+                       "best other", "its DER", "its ACC / ASR", "its min", "margin", focus],
             "body": body, "bold": [[] for _ in body]}
 
 
@@ -295,6 +317,50 @@ def scatter_png(rows: list[Row], title: str) -> bytes | None:
     return png_bytes(fig, dpi=110)
 
 
+def der_minutes_png(rows: list[Row], title: str) -> bytes | None:
+    """Benefit against cost: one panel per attack, each defense a point at its median minutes
+    (log scale) and its mean DER over the attack's implanted models (one data set and
+    architecture, ``title``); None without an attacked model with a DER."""
+    points = [r for r in rows if not r.clean and r.der is not None and r.defense != "none" and r.implanted()]
+    attacks = sorted({r.attack for r in points})
+    if not attacks:
+        return None
+    cols = min(4, len(attacks))
+    fig, axes = pyplot().subplots((len(attacks) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.7 * (
+        (len(attacks) + cols - 1) // cols)), squeeze=False)
+    markers = "os^vD<>pP*Xh"
+    defenses = order({r.defense for r in points}, ["tac"])
+    for ax, attack in zip(axes.flat, attacks):
+        for i, d in enumerate(defenses):
+            group = [r for r in points if r.attack == attack and r.defense == d]
+            if group:
+                ax.scatter([max(median_minutes(group) or 0.0, 0.01)], [mean_der(group)], label=d,
+                           marker=markers[i % len(markers)], s=60 if d == "tac" else 30, alpha=0.8)
+        ax.set_xscale("log")
+        ax.set_title(attack, fontsize=9)
+        ax.set_xlabel("minutes (median)", fontsize=8)
+        ax.set_ylabel("DER (mean)", fontsize=8)
+    for ax in list(axes.flat)[len(attacks):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, ncol=min(len(labels), 6), loc="lower center")
+    fig.suptitle(f"{title}: DER against each defense's minutes (up-left is better)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    return png_bytes(fig, dpi=100)
+
+
+def html_part(note: str, tables: list[dict[str, Any]], names: str | None) -> str:
+    return (f"<p>{html.escape(note)}</p>" + "".join(html_table(t) for t in tables)
+            + (f"<p>{html.escape(names)}</p>" if names else ""))
+
+
+def development_html(development: Path) -> str:
+    """The development grid's part of the page: its tables (its figures stay in its own report)."""
+    _, note, tables, names = report_parts(development)
+    return (f"<h2>Development grid: {html.escape(grid_name(development))} ({html.escape(DEVELOPMENT_NOTE)})</h2>"
+            + html_part(note, tables, names))
+
+
 def csv_text(rows: list[Row]) -> str:
     buf = io.StringIO()
     fields = ["dataset", "arch", "attack", "seed", "defense", "acc_before", "asr_before", "acc", "asr", "ra", "der",
@@ -327,17 +393,67 @@ def report_markdown(note: str, tables: list[dict[str, Any]], names: str | None) 
     return "\n\n".join([note, *(markdown(t) for t in tables), *([names] if names else [])]) + "\n"
 
 
-def write_report(out: str | Path) -> dict[str, str]:
-    """Write the report files into ``out`` and return the texts by format (md, html, csv)."""
+DEVELOPMENT_NOTE = ("the grid on which the method's choices were made (every revision of it was looked at "
+                    "on these cells): development figures, not the headline")
+
+
+def grid_name(out: Path) -> str:
+    """The bench config's name recorded in ``out/bench.json`` (the folder's name without one)."""
+    path = out / "bench.json"
+    try:
+        return str(read_json(path)["config"]["name"]) if path.exists() else out.name
+    except (KeyError, TypeError):
+        return out.name
+
+
+def report_text(out: str | Path, development: str | Path | None = None) -> str:
+    """``report.md`` of ``out``; with ``development``, in two labelled parts: ``out`` (the
+    confirmatory grid, the headline) and below it the development grid's tables."""
     out = Path(out)
+    _, note, tables, names = report_parts(out)
+    text = report_markdown(note, tables, names)
+    if development is None:
+        return text
+    development = Path(development)
+    _, dev_note, dev_tables, dev_names = report_parts(development)
+    return (f"## Confirmatory grid: {grid_name(out)}\n\n{text}\n"
+            f"## Development grid: {grid_name(development)} ({DEVELOPMENT_NOTE})\n\n"
+            + report_markdown(dev_note, dev_tables, dev_names))
+
+
+def write_report(out: str | Path, development: str | Path | None = None) -> dict[str, str]:
+    """Write the report files into ``out`` and return the texts by format (md, html, csv); with
+    ``development`` (another bench folder), the report has two parts, as :func:`report_text`."""
+    out = Path(out)
+    if development is not None and Path(development).resolve() == out.resolve():
+        raise TacreconError(f"--development {development}: the development grid must be another folder than {out}")
     rows, note, all_tables, names = report_parts(out)
-    md = report_markdown(note, all_tables, names)
+    md = report_text(out, development)
+    images = "".join(f"<figure><img src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
+                     f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b in write_figures(out, rows))
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>tacrecon report</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:3px 8px;text-align:right}figure{display:inline-block;margin:1em}</style></head><body>"
+            "<h2>tacrecon benchmark report</h2>" + html_part(note, all_tables, names) + images
+            + (development_html(Path(development)) if development is not None else "") + "</body></html>")
+    texts = {"md": md, "html": page, "csv": csv_text(rows)}
+    for fmt_name, text in texts.items():
+        atomic_write_bytes(out / f"report.{fmt_name}", text.encode())
+    return texts
+
+
+def write_figures(out: Path, rows: list[Row]) -> list[tuple[str, bytes]]:
+    """Write the report's figures into ``out`` and return them as (caption, PNG bytes): per data
+    set and architecture ASR against ACC and DER against minutes, and every scan's norms."""
     figures = []
     for dataset, arch in sorted({(r.dataset, r.arch) for r in rows}):
-        png = scatter_png([r for r in rows if (r.dataset, r.arch) == (dataset, arch)], f"{dataset}/{arch}")
-        if png:
-            atomic_write_bytes(out / f"asr_vs_acc_{dataset}_{arch}.png", png)
-            figures.append((f"ASR vs ACC after each defense, {dataset}/{arch}", png))
+        sub = [r for r in rows if (r.dataset, r.arch) == (dataset, arch)]
+        for png, stem, caption in ((scatter_png(sub, f"{dataset}/{arch}"), "asr_vs_acc", "ASR vs ACC after each defense"),
+                                   (der_minutes_png(sub, f"{dataset}/{arch}"), "der_vs_minutes",
+                                    "DER against minutes, per attack")):
+            if png:
+                atomic_write_bytes(out / f"{stem}_{dataset}_{arch}.png", png)
+                figures.append((f"{caption}, {dataset}/{arch}", png))
     for r in rows:
         if r.norms:
             path = out / "plots" / f"{r.defense}_{r.dataset}_{r.arch}_{r.attack}_seed{r.seed}.png"
@@ -348,15 +464,4 @@ def write_report(out: str | Path) -> dict[str, str]:
             else:
                 plot_norms(r.norms, r.targets, path, title=title)
             figures.append((path.stem, path.read_bytes()))
-    images = "".join(f"<figure><img src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
-                     f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b in figures)
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>tacrecon report</title><style>"
-            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            "padding:3px 8px;text-align:right}figure{display:inline-block;margin:1em}</style></head><body>"
-            f"<h2>tacrecon benchmark report</h2><p>{html.escape(note)}</p>"
-            + "".join(html_table(t) for t in all_tables)
-            + (f"<p>{html.escape(names)}</p>" if names else "") + images + "</body></html>")
-    texts = {"md": md, "html": page, "csv": csv_text(rows)}
-    for fmt_name, text in texts.items():
-        atomic_write_bytes(out / f"report.{fmt_name}", text.encode())
-    return texts
+    return figures

@@ -1,0 +1,60 @@
+"""Copy a bench report's tables into a section of the README, so the two cannot drift.
+
+    python scripts/readme_tables.py "## Results" docs/results/cpu/report.md
+    python scripts/readme_tables.py "## Robustness" docs/results/robustness/report.md
+
+Each table of the README section is replaced by the report's table with the same first three
+header cells, taken in the report's order (the CIFAR-10 table before the GTSRB one). The prose
+around the tables is left as it is: reread it after the numbers change. ``tests/test_readme.py``
+checks that every table of those sections is one of the report's.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def table_blocks(text: str) -> list[str]:
+    """Every Markdown table of ``text`` (consecutive lines that start with ``|``)."""
+    blocks, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    return blocks
+
+
+def header_key(block: str) -> tuple[str, ...]:
+    return tuple(cell.strip() for cell in block.splitlines()[0].strip("|").split("|")[:3])
+
+
+def replace_tables(section: str, report: str) -> str:
+    """``section`` with each of its tables replaced by the report's table of the same header."""
+    unused = table_blocks(report)
+    for block in table_blocks(section):
+        match = next((b for b in unused if header_key(b) == header_key(block)), None)
+        if match is None:
+            raise SystemExit(f"no table of the report starts like the README's {header_key(block)}")
+        unused.remove(match)
+        section = section.replace(block, match, 1)
+    return section
+
+
+def main(title: str, report_path: str) -> None:
+    readme_path = ROOT / "README.md"
+    readme = readme_path.read_text()
+    start = readme.index(title)
+    end = readme.index("\n## ", start + 1)
+    section = replace_tables(readme[start:end], (ROOT / report_path).read_text())
+    readme_path.write_text(readme[:start] + section + readme[end:])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__)
+    main(sys.argv[1], sys.argv[2])
