@@ -421,7 +421,7 @@ def test_report_leaves_out_a_model_the_attack_did_not_implant_in(tmp_path):
     assert "| cifar10/resnet_small | lc | 1 not implanted |" in md
     assert "| cifar10/resnet_small | 1/1 | 0/1 |" in md  # the removal bar counts the implanted model only
     assert "| cifar10/resnet_small | adap_blend | 1 | 0.975 |" in md  # the comparison too
-    assert "| lc |" not in md.split("### tac against")[1]
+    assert "| lc |" not in md.split("### tac against")[1].split("### removal")[0]
 
 
 def test_report_on_a_hand_made_folder(tmp_path):
@@ -496,7 +496,7 @@ def test_report_sets_tac_against_the_best_other_defense(tmp_path):
     assert ("| blended | 2 | 0.800 | 84.0±0.0 / 10.0±0.0 | <0.1 | ft | 0.950 | 84.0±0.0 / 10.0±0.0 | <0.1 | -0.150 "
             "| loses |") in md
     assert "| wanet | 2 | 0.900 |" in md and "| +0.002 | tie |" in md
-    assert "| sig |" not in md.split("### tac against")[1]
+    assert "| sig |" not in md.split("### tac against")[1].split("### removal")[0]
 
 
 def test_report_reads_the_attack_from_the_result_not_the_folder(tmp_path):
@@ -533,6 +533,22 @@ def test_report_in_two_parts_the_confirmatory_grid_above_the_development_one(tmp
     assert report_text(confirm) == md[len("## Confirmatory grid: confirm\n\n"):md.index("\n## Development")]
     with pytest.raises(TacreconError, match="must be another folder"):
         write_report(confirm, confirm)
+
+
+def test_report_says_which_attacked_models_meet_the_attack_bar(tmp_path):
+    for seed, acc in ((0, 0.86), (1, 0.88)):
+        hand_cell(tmp_path, "none", seed, "none", acc, None, None, before={"acc": acc, "asr": None})
+    hand_cell(tmp_path, "badnets", 0, "none", 0.85, 0.95, 0.5)  # 0.85 before, 1 point under its clean model
+    hand_cell(tmp_path, "badnets", 1, "none", 0.85, 0.95, 0.5)  # 3 points under
+    path = hand_cell(tmp_path, "multi", 0, "none", 0.85, 0.95, 0.5)
+    record = json.loads(path.read_text())
+    record["before"]["asr_per_backdoor"] = {"badnets->1": 0.95, "blended->7": 0.62}  # the weaker one counts
+    path.write_text(json.dumps(record))
+    md = write_report(tmp_path)["md"]
+    assert "### attack bar (attacked models with ASR >= 90% within 2 points of the clean model" in md
+    assert ("| cifar10/resnet_small | badnets | 1/2 | 85.0±0.0 | 87.0±1.4 | 95.0±0.0 | seed 1: ACC 85.0 "
+            "(clean 88.0) |") in md
+    assert "| cifar10/resnet_small | multi | 0/1 | 85.0 | 86.0 | 62.0 | seed 0: ASR 62.0 |" in md
 
 
 def test_report_names_what_a_hashed_attack_overrides(tmp_path):

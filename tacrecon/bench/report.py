@@ -6,7 +6,9 @@ detection of the defenses that flag a class (TAC, NC): on backdoored models how 
 targets were all flagged, on clean models how often any class was (false positives); where a model
 has several backdoors, ASR is the largest of theirs and a table gives each one's. A third sets TAC
 against the best other defense of each row (DER, margin, wins / loses); a fourth counts the
-attacked models each defense brings under the removal bar; a fifth gives the cost (hours of
+attacked models each defense brings under the removal bar; a fifth, the attacked models that meet
+the attack bar (ASR >= 90% within 2 points of the clean model's accuracy) and what the others
+miss; a sixth gives the cost (hours of
 cells and attack models per defense). Files written into
 DIR: report.md, report.csv, report.html (one self-contained page with the plots inlined),
 asr_vs_acc_<dataset>_<arch>.png, der_vs_minutes_<dataset>_<arch>.png (benefit against cost, one
@@ -200,6 +202,45 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
             "body": body, "bold": [[] for _ in body]}
 
 
+def attack_bar(rows: list[Row], asr: float = 0.9, drop: float = 0.02) -> dict[str, Any] | None:
+    """Per attack, how many of its models meet the attack bar: ASR >= ``asr`` (every backdoor's,
+    for a model with several) at an accuracy within ``drop`` of the clean model of the same data
+    set, architecture and seed; the models short of it are named with what they miss. None
+    without an attacked model."""
+    models = {(r.dataset, r.arch, r.attack, r.seed): r for r in rows if not r.clean and r.asr_before is not None}
+    clean = {(r.dataset, r.arch, r.seed): r.acc_before for r in rows if r.clean}
+    if not models:
+        return None
+    body = []
+    for key in sorted({k[:3] for k in models}):
+        group = [(seed, r) for (d, a, att, seed), r in sorted(models.items()) if (d, a, att) == key]
+        misses = [f"seed {seed}: " + ", ".join(short) for seed, r in group
+                  if (short := bar_misses(r, clean.get((key[0], key[1], seed)), asr, drop))]
+        body.append([f"{key[0]}/{key[1]}", key[2], f"{len(group) - len(misses)}/{len(group)}",
+                     fmt([r.acc_before for _, r in group]), fmt([clean.get((key[0], key[1], s)) for s, _ in group]),
+                     fmt([smallest_asr_before(r) for _, r in group]), "; ".join(misses)])
+    return {"title": f"attack bar (attacked models with ASR >= {asr:.0%} within {drop * 100:.0f} points of the "
+                     "clean model of their seed / attacked models; before any defense)",
+            "header": ["data/arch", "attack", "met", "ACC", "clean ACC", "ASR", "short of the bar"],
+            "body": body, "bold": [[] for _ in body]}
+
+
+def smallest_asr_before(r: Row) -> float | None:
+    """The attacked model's ASR before any defense: its weakest backdoor's where it has several."""
+    return min(r.asr_before_per_backdoor.values()) if r.asr_before_per_backdoor else r.asr_before
+
+
+def bar_misses(r: Row, clean_acc: float | None, asr: float, drop: float) -> list[str]:
+    """What ``r``'s attacked model misses of the attack bar (empty: none; the accuracy is not
+    judged without a clean model of its seed)."""
+    short, weakest = [], smallest_asr_before(r)
+    if weakest is not None and weakest < asr:
+        short.append(f"ASR {100 * weakest:.1f}")
+    if clean_acc is not None and clean_acc - r.acc_before > drop:
+        short.append(f"ACC {100 * r.acc_before:.1f} (clean {100 * clean_acc:.1f})")
+    return short
+
+
 def removal_bar(rows: list[Row], asr: float = IMPLANT_ASR, drop: float = 0.02) -> dict[str, Any] | None:
     """Per data set and architecture, how many attacked models each defense brings to ASR <= ``asr``
     within ``drop`` of the attacked model's accuracy (the protocol's removal bar), among the models
@@ -380,7 +421,7 @@ def report_parts(out: Path) -> tuple[list[Row], str, list[dict[str, Any]], str |
         raise TacreconError(f"{out}: no finished cell to report" + (f" ({failed} failed)" if failed else ""))
     blocks = tables(rows)
     found = detection(rows)
-    extra = [t for t in (found, per_backdoor(rows), versus(rows), removal_bar(rows), cost(rows)) if t]
+    extra = [t for t in (found, per_backdoor(rows), versus(rows), removal_bar(rows), attack_bar(rows), cost(rows)) if t]
     names = " ".join(t for t in (legend(rows), mixed_revisions(rows)) if t) or None
     note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
             + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds ([n]: over only n of the row's "
