@@ -42,9 +42,7 @@ def prepared(model: nn.Module, clean: Split, head: str | None = None) -> Classif
     """A copy of ``model`` with the classifier contract, its head located on a few clean images."""
     if isinstance(model, Classifier) and head is None:
         return copy.deepcopy(model).eval()
-    was_training = model.training
     module = copy.deepcopy(model).eval()
-    model.train(was_training)
     try:
         logits = module(clean.x[:8])
     except RuntimeError as e:

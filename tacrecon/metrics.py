@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from tacrecon.data.split import Split
+from tacrecon.models.base import evaluating
 
 Trigger = Callable[[Tensor], Tensor]
 LabelMap = Callable[[Tensor], Tensor]
@@ -23,15 +24,13 @@ LabelMap = Callable[[Tensor], Tensor]
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 1024, transform: Trigger | None = None) -> Tensor:
     """Predicted labels (N,) for images ``x`` (N, C, H, W), optionally through ``transform`` first."""
-    was_training = model.training
-    model.eval()
     preds = []
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size]
-        if transform is not None:
-            xb = transform(xb)
-        preds.append(model(xb).argmax(1))
-    model.train(was_training)
+    with evaluating(model):
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            if transform is not None:
+                xb = transform(xb)
+            preds.append(model(xb).argmax(1))
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tacrecon.errors import TacreconError
-from tacrecon.models import MODELS, HeadAdapter, as_classifier, create_model, find_head
+from tacrecon.models import MODELS, HeadAdapter, as_classifier, create_model, evaluating, find_head, inspecting
 from tacrecon.recipes import MIN_SIDE, model_kwargs
 
 
@@ -153,3 +153,16 @@ def test_locate_picks_the_last_called_head_and_accepts_a_log_softmax():
     assert model.head_name == "fc" and model.latent(x).shape == (3, 12)
     with pytest.raises(TacreconError, match="last operation"):
         as_classifier(AuxAfter().eval(), head="aux").locate(x)  # a named head is only checked
+
+
+def test_evaluating_and_inspecting_give_the_mode_and_gradients_back_even_on_an_error():
+    model = create_model("test_cnn", num_classes=3, in_chans=1)
+    model.train()
+    with pytest.raises(RuntimeError), evaluating(model):
+        assert not model.training
+        raise RuntimeError("boom")
+    assert model.training
+    model.eval()
+    with inspecting(model):
+        assert not any(p.requires_grad for p in model.parameters())
+    assert not model.training and all(p.requires_grad for p in model.parameters())

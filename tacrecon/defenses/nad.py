@@ -20,6 +20,7 @@ from tacrecon.data.split import Split
 from tacrecon.defenses.base import DEFENSES
 from tacrecon.defenses.finetune import FinetuneDefense
 from tacrecon.errors import TacreconError
+from tacrecon.models.base import evaluating
 from tacrecon.train import LossFn
 
 
@@ -65,12 +66,10 @@ def stage_layers(model: nn.Module, x: Tensor) -> list[str]:
         return hook
 
     handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
-    was_training = model.training
     try:
-        model.eval()
-        model(x)
+        with evaluating(model):
+            model(x)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return [name for _, _, name in sorted(seen.values(), key=lambda v: -v[1])]

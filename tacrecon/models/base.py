@@ -85,23 +85,30 @@ class Classifier(nn.Module):
 @torch.no_grad()
 def latents_of(model: Classifier, x: Tensor, batch_size: int = 512) -> Tensor:
     """Latents (N, d) of images ``x`` (N, C, H, W): one forward pass in eval mode."""
+    with evaluating(model):
+        return torch.cat([model.latent(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode, its train/eval mode given back on exit (an exception included)."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model.latent(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-    model.train(was_training)
-    return out
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @contextmanager
 def inspecting(model: Classifier) -> Iterator[Classifier]:
     """``model`` in eval mode with its parameters' gradients off, both given back on exit."""
-    was_training, grads = model.training, [p.requires_grad for p in model.parameters()]
-    model.eval()
+    grads = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        yield model
+        with evaluating(model):
+            yield model
     finally:
         for p, grad in zip(model.parameters(), grads):
             p.requires_grad_(grad)
-        model.train(was_training)
