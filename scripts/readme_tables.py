@@ -14,19 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tacrecon.bench.report import table_blocks
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def table_blocks(text: str) -> list[str]:
-    """Every Markdown table of ``text`` (consecutive lines that start with ``|``)."""
-    blocks, current = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            current.append(line)
-        elif current:
-            blocks.append("\n".join(current))
-            current = []
-    return blocks
 
 
 def header_key(block: str) -> tuple[str, ...]:

@@ -2,22 +2,10 @@
 
 from pathlib import Path
 
-from tacrecon.bench.report import report_markdown, report_parts
+from tacrecon.bench.report import report_markdown, report_parts, table_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "cpu"
-
-
-def table_blocks(text: str) -> list[str]:
-    """Every Markdown table of ``text`` (consecutive lines that start with ``|``)."""
-    blocks, current = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            current.append(line)
-        elif current:
-            blocks.append("\n".join(current))
-            current = []
-    return blocks
 
 
 def results_section(readme: str, title: str = "## Results") -> str:

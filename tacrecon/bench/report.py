@@ -328,6 +328,19 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def table_blocks(text: str) -> list[str]:
+    """Every Markdown table of ``text`` (consecutive lines that start with ``|``), as written by
+    :func:`markdown`: what a README copies from a report."""
+    blocks, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    return blocks
+
+
 def html_table(table: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table["header"])
     rows = []
