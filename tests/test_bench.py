@@ -104,7 +104,7 @@ def test_the_confirm_config_draws_its_targets_from_the_seed_and_marks_reduced_ce
         if c.attack != "none":  # the rule written in the config, applied before any model existed
             rng = random.Random(f"confirm-{c.dataset}-{c.seed}-{c.attack}")
             assert c.attack_params["target"] == rng.randrange(classes[c.dataset]), c
-    assert {c.seed for c in cells} == {2, 3} and {c.arch for c in cells} == {"resnet_small", "vgg_small"}
+    assert {c.seed for c in cells} == {2, 5, 6} and {c.arch for c in cells} == {"resnet_small", "vgg_small"}
     assert {c.defense for c in cells if c.defense_params} == {"nc", "sau"}  # the reduced ones, named apart
     assert all(c.budget is None for c in cells)  # every other defense at its published recipe
     assert {c.attack_dir for c in cells} == {c.attack for c in cells}  # one report row per attack
