@@ -26,6 +26,7 @@ from tacrecon.defenses.tac import TAC
 from tacrecon.errors import TacreconError
 from tacrecon.models import Classifier, HeadAdapter
 from tacrecon.tac.detect import ScanResult
+from tacrecon.tac.pairwise import pairwise_look
 
 
 def clean_split(images: Tensor, labels: Tensor) -> Split:
@@ -62,20 +63,27 @@ def users_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, HeadAdapter) else model
 
 
-def scan(model: nn.Module, images: Tensor, labels: Tensor, *, head: str | None = None, **config: Any) -> ScanResult:
+def scan(model: nn.Module, images: Tensor, labels: Tensor, *, head: str | None = None, pairwise: bool = False,
+         **config: Any) -> ScanResult:
     """Scan ``model`` for a backdoor with TAC, from clean ``images`` (N, C, H, W) and ``labels`` (N,).
 
     Args:
         head: the name of the final linear layer (default: found by running the model).
+        pairwise: also run the opt-in pairwise look (all-to-all and source-specific backdoors;
+            :mod:`tacrecon.tac.pairwise`), in ``result.pairwise``; it does not change the verdict.
         config: TAC's scan hyperparameters by flat name (``threshold``, ``robust_quantile``, ...).
     Returns:
         the :class:`~tacrecon.tac.detect.ScanResult`: ``target`` (None: no backdoor found),
-        ``flagged``, ``norms``, ``relative``, ``anomaly_index``, ``shifts`` (C, d), ``seconds``;
-        ``record()`` gives it as JSON.
+        ``flagged``, ``norms``, ``relative``, ``anomaly_index``, ``shifts`` (C, d), ``seconds``,
+        ``pairwise``; ``record()`` gives it as JSON.
     """
     clean = clean_split(images, labels)
     tac = TAC.from_dict({**config, "repair": False})
-    return tac.scan(prepared(model, clean, head), clean)
+    classifier = prepared(model, clean, head)
+    result = tac.scan(classifier, clean)
+    if pairwise:
+        result.pairwise = pairwise_look(classifier, clean, latents=result.latents)
+    return result
 
 
 def defend(name: str, model: nn.Module, images: Tensor, labels: Tensor, *, budget: str | None = None,

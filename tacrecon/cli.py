@@ -18,7 +18,7 @@ import yaml
 
 from tacrecon.errors import TacreconError
 from tacrecon.metrics import per_backdoor_text
-from tacrecon.page import check_summary, verdict
+from tacrecon.page import check_summary, pairwise_verdict, verdict
 
 log = logging.getLogger("tacrecon")
 
@@ -115,6 +115,10 @@ def build_parser() -> Parser:
         p.add_argument("--plot", type=Path, default=None, help="write a bar chart of the per-class norms (PNG)")
         p.add_argument("--html", type=Path, default=None, help="write a one-page report (HTML, images embedded)")
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
+        if command == "scan":
+            p.add_argument("--pairwise", action="store_true",
+                           help="also the pairwise look, for all-to-all and source-specific backdoors (opt-in: "
+                                "it flags some clean models; its pairs do not change the verdict)")
         if command == "repair":
             p.add_argument("--out", type=Path, required=True, help="output folder")
             p.add_argument("--force-target", type=int, default=None,
@@ -204,8 +208,10 @@ def scan_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_scan(args: argparse.Namespace) -> int:
     from tacrecon.commands.scan import run_scan
 
-    r = run_scan(args.model, args.dataset, **scan_options(args))
+    r = run_scan(args.model, args.dataset, pairwise=args.pairwise, **scan_options(args))
     print(f"{args.model}: {verdict(r)} [{r['total_seconds']:.1f} s, {r['clean_samples']} clean samples]")
+    if args.pairwise:
+        print(f"{args.model}: {pairwise_verdict(r)}")
     return 0
 
 

@@ -38,6 +38,21 @@ def verdict(record: dict[str, Any]) -> str:
     return f"BACKDOORED: poisoned class {k} ({record['classes'][k]}), {stats}{why}{more}"
 
 
+def pairwise_verdict(record: dict[str, Any]) -> str:
+    """The pairwise look's finding in one line (the record's ``pairwise_*`` scores)."""
+    scan, names = record["scores"], record["classes"]
+    pairs, spread = scan["pairwise_flagged"], scan["pairwise_spread"]
+    spread_text = "undefined" if spread is None else f"{spread:.2f}"
+    if not pairs:
+        return f"pairwise look: no pair flagged (spread {spread_text})"
+    shown = ", ".join(f"{s} ({names[s]}) -> {t} ({names[t]})" for s, t in pairs[:4])
+    more = f" and {len(pairs) - 4} more" if len(pairs) > 4 else ""
+    kind = ("many sources each have a cheap target: all-to-all, or a target's whole column"
+            if scan["pairwise_all_to_all"] else "a pair far cheaper one way than the other: a source-specific "
+            "backdoor, or one source of an all-to-one one")
+    return f"pairwise look: {len(pairs)} pair(s) flagged, {shown}{more} (spread {spread_text}; {kind})"
+
+
 def plain_words(record: dict[str, Any]) -> str:
     """What the scan found, for a reader who does not know the method."""
     scan = record["scores"]

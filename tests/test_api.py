@@ -28,6 +28,10 @@ def test_scan_repair_and_defend_a_plain_module(planted, digits):
     assert isinstance(found, tacrecon.ScanResult) and found.backdoored and found.target == 0
     assert found.norms.shape == found.relative.shape == found.anomaly_index.shape == (10,)
     assert found.shifts.shape[0] == 10 and found.seconds > 0 and found.record()["target"] == 0
+    assert found.pairwise is None and "pairwise_flagged" not in found.record()
+    looked = tacrecon.scan(model, clean.x, clean.y, pairwise=True)  # the opt-in look: same verdict, pairs beside it
+    assert looked.flagged == found.flagged and looked.pairwise.norms.shape == (10, 10)
+    assert looked.record()["pairwise_flagged"] == [list(p) for p in looked.pairwise.flagged]
     repaired, record = tacrecon.repair(model, clean.x, clean.y)
     assert isinstance(repaired, Wrapped) and record["repaired"] and record["scores"]["target"] == 0
     assert attack_rates(repaired, digits.test, art.attack, art.attack.label_map())[0] <= 0.05

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from tacrecon.cli import main
-from tacrecon.page import plain_words, verdict
+from tacrecon.page import pairwise_verdict, plain_words, verdict
 
 
 def record(**scores):
@@ -23,6 +23,24 @@ def test_verdict_names_a_high_side_target():
     assert "hard to reach" in line and "hard to reach" not in verdict(record(high_side=[]))
     assert "clean-label" in plain_words(record()) and "small" in plain_words(record(high_side=[], relative=[0.6] + [1.0] * 9))
     assert plain_words(record(target=None, targets=[], backdoored=False)).startswith("No backdoor found")
+
+
+def test_pairwise_verdict_names_the_pairs_and_what_fired():
+    none = record(pairwise_flagged=[], pairwise_spread=0.12, pairwise_all_to_all=False)
+    assert pairwise_verdict(none) == "pairwise look: no pair flagged (spread 0.12)"
+    one = record(pairwise_flagged=[[1, 0]], pairwise_spread=0.19, pairwise_all_to_all=False)
+    assert pairwise_verdict(one).startswith("pairwise look: 1 pair(s) flagged, 1 (x) -> 0 (airplane) (spread 0.19; ")
+    assert "source-specific" in pairwise_verdict(one)
+    ring = record(pairwise_flagged=[[s, (s + 1) % 10] for s in range(6)], pairwise_spread=1.03,
+                  pairwise_all_to_all=True)
+    assert "and 2 more" in pairwise_verdict(ring) and "all-to-all" in pairwise_verdict(ring)
+
+
+def test_scan_prints_the_pairwise_look_only_when_asked(planted, capsys):
+    model = str(planted["root"] / "badnets")
+    assert main(["scan", model, "--dataset", "digits", "--clean-fraction", "0.2", "--pairwise"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "BACKDOORED" in lines[0] and lines[1].startswith(f"{model}: pairwise look: ")
 
 
 @pytest.fixture(scope="module")

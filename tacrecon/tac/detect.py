@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -20,6 +20,9 @@ from tacrecon.models import Classifier, latents_of
 from tacrecon.qp import QPResult, sample_distances, solve_latent_qp
 from tacrecon.stats import anomaly_index, corrected, count_prior, imbalance_pvalue, min_test_pvalue, relative_scores
 from tacrecon.tac.config import DetectionConfig, PriorConfig, RobustLookConfig
+
+if TYPE_CHECKING:  # pairwise imports this module
+    from tacrecon.tac.pairwise import PairwiseResult
 
 
 def head_of(model: Classifier, bias: bool = True) -> tuple[Tensor, Tensor | None]:
@@ -133,6 +136,8 @@ class ScanResult:
         robust_look: the robust look (None: off).
         robust: the classes only the robust look flagged.
         seconds: the scan's wall time.
+        pairwise: the opt-in pairwise look (:mod:`tacrecon.tac.pairwise`; None: not run). Its
+            flagged pairs do not enter ``flagged``: the look is not part of the scan's verdict.
     """
 
     plain: Look
@@ -142,6 +147,7 @@ class ScanResult:
     robust_look: Look | None = None
     robust: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    pairwise: PairwiseResult | None = None
 
     @property
     def flagged(self) -> list[int]:
@@ -188,6 +194,8 @@ class ScanResult:
                "high_side": self.high_side, "robust": self.robust, "scan_seconds": self.seconds}
         if self.robust_look is not None:
             out.update(self.robust_look.record("robust_"))
+        if self.pairwise is not None:
+            out.update(self.pairwise.record())
         return out
 
 
