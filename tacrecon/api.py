@@ -26,7 +26,6 @@ from tacrecon.defenses.tac import TAC
 from tacrecon.errors import TacreconError
 from tacrecon.models import Classifier, HeadAdapter
 from tacrecon.tac.detect import ScanResult
-from tacrecon.tac.pairwise import pairwise_look
 
 
 def clean_split(images: Tensor, labels: Tensor) -> Split:
@@ -78,12 +77,8 @@ def scan(model: nn.Module, images: Tensor, labels: Tensor, *, head: str | None =
         ``pairwise``; ``record()`` gives it as JSON.
     """
     clean = clean_split(images, labels)
-    tac = TAC.from_dict({**config, "repair": False})
-    classifier = prepared(model, clean, head)
-    result = tac.scan(classifier, clean)
-    if pairwise:
-        result.pairwise = pairwise_look(classifier, clean, latents=result.latents)
-    return result
+    tac = TAC.from_dict({**config, "pairwise": pairwise, "repair": False})
+    return tac.scan(prepared(model, clean, head), clean)
 
 
 def defend(name: str, model: nn.Module, images: Tensor, labels: Tensor, *, budget: str | None = None,

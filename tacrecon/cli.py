@@ -115,10 +115,9 @@ def build_parser() -> Parser:
         p.add_argument("--plot", type=Path, default=None, help="write a bar chart of the per-class norms (PNG)")
         p.add_argument("--html", type=Path, default=None, help="write a one-page report (HTML, images embedded)")
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TAC hyperparameters")
-        if command == "scan":
-            p.add_argument("--pairwise", action="store_true",
-                           help="also the pairwise look, for all-to-all and source-specific backdoors (opt-in: "
-                                "it flags some clean models; its pairs do not change the verdict)")
+        p.add_argument("--pairwise", action="store_true",
+                       help="also the pairwise look, for all-to-all and source-specific backdoors (opt-in: it flags "
+                            "some clean models); its own line, and a repair repairs its pairs' targets too")
         if command == "repair":
             p.add_argument("--out", type=Path, required=True, help="output folder")
             p.add_argument("--force-target", type=int, default=None,
@@ -202,15 +201,15 @@ def scan_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"root": args.data_root, "device": pick_device(args.device), "seed": args.seed, "weights": args.weights,
             "head": args.head, "normalize": args.normalize, "clean_fraction": args.clean_fraction,
             "clean_n": args.clean_n, "json": args.json, "plot": args.plot, "html": args.html,
-            "command": args.command_line, "config": parse_sets(args.set)}
+            "command": args.command_line, "config": {**parse_sets(args.set), **({"pairwise": True} if args.pairwise else {})}}
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from tacrecon.commands.scan import run_scan
 
-    r = run_scan(args.model, args.dataset, pairwise=args.pairwise, **scan_options(args))
+    r = run_scan(args.model, args.dataset, **scan_options(args))
     print(f"{args.model}: {verdict(r)} [{r['total_seconds']:.1f} s, {r['clean_samples']} clean samples]")
-    if args.pairwise:
+    if "pairwise_flagged" in r["scores"]:
         print(f"{args.model}: {pairwise_verdict(r)}")
     return 0
 
@@ -223,14 +222,17 @@ def cmd_repair(args: argparse.Namespace) -> int:
         options["config"]["force_target"] = args.force_target
     r = run_repair(args.model, args.dataset, args.out, **options)
     print(f"{args.model}: {verdict(r)}")
+    if "pairwise_flagged" in r["scores"]:
+        print(f"{args.model}: {pairwise_verdict(r)}")
     b, a = r["before"], r["after"]
     line = f"ACC {b['acc']:.2%} -> {a['acc']:.2%}"
     if "asr" in b:
         line += f", ASR {b['asr']:.2%} -> {a['asr']:.2%}, RA {b['ra']:.2%} -> {a['ra']:.2%}, DER {r['der']:.3f}"
         line += per_backdoor_text(b, a)
-    forced = r["defense_config"]["force_target"]
-    print(("repaired" + (f" (class {forced}, forced)" if forced >= 0 else "") + ": " if r["repaired"]
-           else "left unchanged: ") + line + f" -> {args.out}")
+    forced, paired = r["defense_config"]["force_target"], r["targets"][len(r["scores"]["targets"]):]
+    which = (f" (class {forced}, forced)" if forced >= 0 else
+             f" (classes {', '.join(map(str, r['targets']))}, {len(paired)} from the pairwise look)" if paired else "")
+    print(("repaired" + which + ": " if r["repaired"] else "left unchanged: ") + line + f" -> {args.out}")
     summary = check_summary(r["stats"])
     if summary:
         print(summary)

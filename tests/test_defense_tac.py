@@ -295,3 +295,20 @@ def test_gentle_round_runs_only_past_the_budget(planted, monkeypatch, accs, roun
     assert calls == [(True, None), (False, (1.0, False))][:len(accs) - 1]  # unpruned low side, distilled
     assert tac.stats_["rounds"] == rounds and tac.stats_["reverted"] == reverted
     assert tac.stats_["held_out_acc"] == accs
+
+
+def test_pairwise_adds_the_flagged_pairs_targets_to_the_repair(planted, monkeypatch):
+    import tacrecon.defenses.tac as tac_module
+    from tacrecon.tac.pairwise import PairwiseResult
+
+    art, clean = planted["none"]  # the scan flags nothing here; the (scripted) look flags 1 -> 3 and 2 -> 3
+    nan = torch.full((10, 10), float("nan"))
+    look = PairwiseResult(nan, nan, nan, 0.1, False, [(1, 3), (2, 3)])
+    monkeypatch.setattr(tac_module, "pairwise_look", lambda model, clean, latents=None: look)
+    repaired = []
+    monkeypatch.setattr(TAC, "checked_repair", lambda self, model, clean, targets, generator: repaired.append(targets))
+    tac = make_tac(epochs=1, pairwise=True).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert tac.scan_.flagged == [] and tac.targets_ == [3] and tac.target_ == 3 and repaired == [[3]]
+    assert tac.record()["scores"]["pairwise_flagged"] == [[1, 3], [2, 3]]
+    off = make_tac(epochs=1).fit(art.model, clean, torch.Generator().manual_seed(0))
+    assert off.scan_.pairwise is None and off.targets_ == [] and repaired == [[3]]  # not repaired

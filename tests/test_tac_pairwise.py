@@ -113,3 +113,13 @@ def test_record_and_errors():
         PairwiseConfig.from_dict({"min_samples": 0})
     with pytest.raises(TacreconError):
         PairwiseConfig.from_dict({"spread": 0.3})
+
+
+def test_pair_targets_are_the_new_targets_of_the_flagged_pairs_best_first():
+    from types import SimpleNamespace
+
+    from tacrecon.tac.pairwise import pair_targets
+
+    look = SimpleNamespace(flagged=[(1, 4), (2, 0), (3, 4), (5, 7)])
+    assert pair_targets(SimpleNamespace(flagged=[0], pairwise=look)) == [4, 7]  # 0: the scan's own already
+    assert pair_targets(SimpleNamespace(flagged=[0], pairwise=None)) == []

@@ -18,8 +18,6 @@ from tacrecon.defenses.tac import TAC
 from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_json, check_output_folder, provenance
 from tacrecon.loading import LoadedModel, load_any
-from tacrecon.models import as_classifier
-from tacrecon.tac.pairwise import pairwise_look
 from tacrecon.tac.repair import search_stand_ins
 
 log = logging.getLogger(__name__)
@@ -90,9 +88,9 @@ def probe(loaded: LoadedModel, data: Dataset, n: int = 8) -> None:
 
 def run_scan(model: str, dataset: str, *, config: dict[str, Any] | None = None, json: str | Path | None = None,
              plot: str | Path | None = None, html: str | Path | None = None, command: str | None = None,
-             pairwise: bool = False, **options: Any) -> dict[str, Any]:
-    """Scan MODEL with TAC (hyperparameters ``config``, flat names) on a clean set of ``dataset``;
-    with ``pairwise``, the opt-in pairwise look too (its ``pairwise_*`` keys in ``scores``).
+             **options: Any) -> dict[str, Any]:
+    """Scan MODEL with TAC (hyperparameters ``config``, flat names; ``pairwise`` true adds the
+    pairwise look, its ``pairwise_*`` keys in ``scores``) on a clean set of ``dataset``.
 
     ``options`` are :func:`prepare`'s (``root``, ``device``, ``seed``, ``weights``, ``head``,
     ``normalize``, ``clean_fraction``, ``clean_n``). Writes the record to ``json``, the
@@ -103,8 +101,6 @@ def run_scan(model: str, dataset: str, *, config: dict[str, Any] | None = None, 
     start = time.perf_counter()
     loaded, data, clean = prepare(model, dataset, json=json, plot=plot, html=html, **options)
     tac = TAC.from_dict({**(config or {}), "repair": False}).fit(loaded.model, clean)
-    if pairwise:
-        tac.scan_.pairwise = pairwise_look(as_classifier(loaded.model), clean, latents=tac.scan_.latents)
     record = {**tac.record(), "repaired": False, "model": model, "dataset": dataset, "classes": data.classes,
               "clean_samples": len(clean), "total_seconds": time.perf_counter() - start,
               "provenance": provenance(options.get("device", "cpu"))}

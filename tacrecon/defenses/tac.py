@@ -35,12 +35,13 @@ from tacrecon.tac.config import (
     StandInConfig,
 )
 from tacrecon.tac.detect import ScanResult, latents_of, reconstruct, scan
+from tacrecon.tac.pairwise import pair_targets, pairwise_look
 from tacrecon.tac.repair import plan_pruning, refresh_shifts, search_patch_stand_ins, search_stand_ins, unlearn_loss
 from tacrecon.tac.residual import Residual, estimate_residual
 from tacrecon.tac.stand_in import BatchHook, ChasingStandIns, chain, stamp_patches, stamp_stand_ins
 
 # settings that records of earlier revisions did not store: the values those revisions used (no self-check)
-_UNSTORED = {"prune_low": True, "momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0,
+_UNSTORED = {"pairwise": False, "prune_low": True, "momentum": 0.9, "weight_decay": 5e-4, "flip": False, "distill": 0.0,
              "distill_stamped": True,
              "stand_in_chase": 0, "stand_in_chase_step": 0.01, "stand_in_patch": 0, "stand_in_patch_steps": 60,
              "stand_in_patch_lr": 0.3,
@@ -60,6 +61,9 @@ class TAC(FinetuneDefense):
         check: the repair's check of its own work (held-out accuracy, residual estimate, rounds).
         force_target: repair this class (only) even if the model looks clean (-1: off);
             otherwise every flagged class is repaired, each with its own s_t.
+        pairwise: run the pairwise look (:mod:`tacrecon.tac.pairwise`) after the scan, and repair
+            the targets of the pairs it flags too (all-to-all, source-specific, or a target hidden
+            from the scan). Off by default: on the tuning models it flags some clean ones.
         repair: repair after the scan (False: scan only).
         method: ``prune`` (prune the TAC's units, the low side's only with ``prune_low``, then
             fine-tune with them held at 0) or
@@ -98,6 +102,7 @@ class TAC(FinetuneDefense):
     stand_in: StandInConfig = field(default_factory=StandInConfig)
     check: SelfCheckConfig = field(default_factory=SelfCheckConfig)
     force_target: int = -1
+    pairwise: bool = False
     repair: bool = True
     method: str = "prune"
     beta: float = 0.3
@@ -155,8 +160,13 @@ class TAC(FinetuneDefense):
             raise TacreconError(f"beta and distill must be >= 0, got {self.beta}, {self.distill}")
 
     def scan(self, model: nn.Module, clean: Split) -> ScanResult:
-        """The scan alone on ``model`` (not modified): both looks and their tests."""
-        return scan(as_classifier(model), clean, self.detection, self.robust, self.prior)
+        """The scan alone on ``model`` (not modified): both looks and their tests, and the
+        pairwise look when ``pairwise`` is on (in the result's ``pairwise``)."""
+        classifier = as_classifier(model)
+        found = scan(classifier, clean, self.detection, self.robust, self.prior)
+        if self.pairwise:
+            found.pairwise = pairwise_look(classifier, clean, latents=found.latents)
+        return found
 
     def scores(self) -> dict[str, Any]:
         """The scan's record (the ``scores`` of a TAC run's record)."""
@@ -179,8 +189,8 @@ class TAC(FinetuneDefense):
         self.repaired_ = False
         self.scan_ = self.scan(classifier, clean)
         self.stats_.update(scan_seconds=self.scan_.seconds, qp_iterations=int(self.scan_.plain.qp.iterations.sum()))
-        self.targets_ = self.scan_.flagged
-        self.target_ = self.scan_.target
+        self.targets_ = self.scan_.flagged + pair_targets(self.scan_)
+        self.target_ = self.targets_[0] if self.targets_ else None
         targets = [self.force_target] if self.force_target >= 0 else self.targets_
         if targets and self.repair:
             start = time.perf_counter()

@@ -55,7 +55,7 @@ from tacrecon.data.split import Split
 from tacrecon.errors import TacreconError
 from tacrecon.models import Classifier, latents_of
 from tacrecon.qp import check_inputs, solve_latent_qp
-from tacrecon.tac.detect import check_labels, head_of
+from tacrecon.tac.detect import ScanResult, check_labels, head_of
 
 
 @dataclass
@@ -211,3 +211,15 @@ def pairwise_look(model: Classifier, clean: Split, cfg: PairwiseConfig | None = 
     spread, fired, flagged = flag_pairs(scores, cfg)
     return PairwiseResult(norms, relative_norms(norms), scores, spread, fired, flagged, int(iters.sum()),
                           time.perf_counter() - start)
+
+
+def pair_targets(found: ScanResult) -> list[int]:
+    """The targets of the pairs the pairwise look of ``found`` flagged (highest score first) that
+    the scan did not flag itself; empty when the look did not run."""
+    if found.pairwise is None:
+        return []
+    targets: list[int] = []
+    for _, t in found.pairwise.flagged:
+        if t not in found.flagged and t not in targets:
+            targets.append(t)
+    return targets
