@@ -86,7 +86,7 @@ def test_shipped_configs_load():
 
 def test_the_robustness_config_plans_its_cells():
     cells = expand(load_config(Path(__file__).parents[1] / "configs" / "robustness.yaml"))
-    assert len(cells) == 114 and len({c.attack_dir for c in cells}) == 19  # 19 attacked models, 6 defenses each
+    assert len(cells) == 133 and len({c.attack_dir for c in cells}) == 19  # 19 attacked models, 7 defenses each
     assert {c.defense for c in cells} == {"none", "tac", "ftsam", "nc", "sau", "fp"} and {c.seed for c in cells} == {0}
     assert cells[0].attack == "tac_aware"  # the adaptive attack runs first
     assert {c.attack_params["rate"] for c in cells if "rate" in c.attack_params} == {0.005, 0.01, 0.03, 0.05}
@@ -136,9 +136,19 @@ def test_expand_and_only():
         parse_only(["colour=red"])
 
 
+def test_only_takes_an_attack_or_a_defense_by_its_report_name(tmp_path):
+    config = load_config(Path(__file__).parents[1] / "configs" / "robustness.yaml")
+    every = expand(config)
+    all2all = next(c.attack_dir for c in every if c.attack_params.get("label_mode") == "all2all")
+    picked = runner.select(every, parse_only([f"attack={all2all}", "defense=nc,tac"]))
+    assert {c.attack_dir for c in picked} == {all2all} and {c.defense for c in picked} == {"nc", "tac"}
+    assert len(runner.select(every, parse_only(["attack=badnets"]))) > len(picked)  # every badnets row
+    plan(config, tmp_path, parse_only([f"attack={all2all}"]))  # a report name is known to the config
+
+
 def test_only_names_a_value_the_config_does_not_have(tmp_path):
     config = BenchConfig.from_dict(TINY)
-    with pytest.raises(TacreconError, match=r"--only attack=badnet: not in this config \(badnets\)"):
+    with pytest.raises(TacreconError, match=r"--only attack=badnet: not in this config \(badnets, badnets-[0-9a-f]{8}\)"):
         plan(config, tmp_path, parse_only(["attack=badnet,badnets"]))
 
 

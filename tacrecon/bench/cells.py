@@ -118,7 +118,15 @@ def expand(config: BenchConfig) -> list[Cell]:
 
 
 def select(cells: list[Cell], only: dict[str, list[str]]) -> list[Cell]:
-    """The cells whose field matches one of the values for every key of ``only``."""
+    """The cells whose field matches one of the values for every key of ``only`` (an attack or a
+    defense by its name or by its report name, ``<name>-<hash>``)."""
     def keep(cell: Cell) -> bool:
-        return all(str(getattr(cell, k)) in values for k, values in only.items())
+        return all(not names(cell, k).isdisjoint(values) for k, values in only.items())
     return [c for c in cells if keep(c)]
+
+
+def names(cell: Cell, key: str) -> set[str]:
+    """What ``--only key=...`` may call ``cell`` by: the field, and for an attack or a defense its
+    report name (its folder or file name, with the hash of its overrides)."""
+    extra = {"attack": cell.attack_dir, "defense": cell.defense_name}.get(key)
+    return {str(getattr(cell, key))} | ({extra} if extra else set())

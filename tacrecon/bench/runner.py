@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from tacrecon.artifact import is_current
 from tacrecon.attacks import ATTACKS
-from tacrecon.bench.cells import Cell, expand, select
+from tacrecon.bench.cells import Cell, expand, names, select
 from tacrecon.bench.config import BenchConfig
 from tacrecon.config import as_stored, differences
 from tacrecon.defenses import create_defense
@@ -236,7 +236,7 @@ def survey(config: BenchConfig, out: Path, only: dict[str, list[str]] | None = N
     """(all selected cells, the :func:`cell_state` of each by label)."""
     every = expand(config)
     for key, values in (only or {}).items():
-        known = sorted({str(getattr(c, key)) for c in every})
+        known = sorted(set().union(*(names(c, key) for c in every)))
         for value in values:
             if value not in known:
                 raise TacreconError(f"--only {key}={value}: not in this config ({', '.join(known)})")
