@@ -312,3 +312,18 @@ def test_pairwise_adds_the_flagged_pairs_targets_to_the_repair(planted, monkeypa
     assert tac.record()["scores"]["pairwise_flagged"] == [[1, 3], [2, 3]]
     off = make_tac(epochs=1).fit(art.model, clean, torch.Generator().manual_seed(0))
     assert off.scan_.pairwise is None and off.targets_ == [] and repaired == [[3]]  # not repaired
+
+
+def test_pairwise_stamps_one_more_patch_for_the_flagged_pairs(planted, monkeypatch):
+    import tacrecon.defenses.tac as tac_module
+    from tacrecon.tac.pairwise import PairwiseResult
+
+    art, clean = planted["badnets"]
+    nan = torch.full((10, 10), float("nan"))
+    look = PairwiseResult(nan, nan, nan, 1.0, True, [(s, (s + 1) % 10) for s in range(10)])  # all-to-all
+    monkeypatch.setattr(tac_module, "pairwise_look", lambda model, clean, latents=None: look)
+    tac = make_tac(epochs=1, stand_in_steps=5, stand_in_patch_steps=5, pairwise=True)
+    tac.fit(art.model, clean, torch.Generator().manual_seed(0))
+    masks, patterns = tac.patches_
+    assert masks.shape[0] == len(tac.targets_) + 1 == patterns.shape[0]  # a patch per target, and the pairs'
+    assert tac.stats_["pair_patch_pairs"] == [[s, (s + 1) % 10] for s in range(10)]

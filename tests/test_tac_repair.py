@@ -73,3 +73,19 @@ def test_unlearn_loss_can_leave_the_stamped_share_out_of_the_distillation(digits
     assert torch.allclose(skipped, expected)
     everything = unlearn_loss([zero], [0], beta=0.0, teacher=teacher, distill=0.5, skip=1.0)(model, x, y)
     assert torch.allclose(everything, plain)  # nothing left to distill on
+
+
+def test_pair_patch_sends_each_flagged_source_to_its_own_target(planted):
+    from tacrecon.models import as_classifier
+    from tacrecon.tac.config import StandInConfig
+    from tacrecon.tac.repair import search_pair_patch
+
+    art, clean = planted["badnets"]  # BadNets to 0: a patch that sends every source to 0 exists
+    model = as_classifier(art.model).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pairs = [(s, 0) for s in range(1, 10)] + [(1, 5)]  # a source's first pair counts
+    mask, pattern, stats = search_pair_patch(model, clean, pairs, StandInConfig(patch=9), torch.Generator().manual_seed(0))
+    assert mask.shape == (1, 1, *clean.x.shape[2:]) and pattern.shape == (1, *clean.x.shape[1:])
+    assert int((mask > 0).sum()) <= 9
+    assert stats["pair_patch_pairs"] == [[s, 0] for s in range(1, 10)] and stats["pair_patch_success"] > 0.5
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # the model is left alone

@@ -36,7 +36,14 @@ from tacrecon.tac.config import (
 )
 from tacrecon.tac.detect import ScanResult, latents_of, reconstruct, scan
 from tacrecon.tac.pairwise import pair_targets, pairwise_look
-from tacrecon.tac.repair import plan_pruning, refresh_shifts, search_patch_stand_ins, search_stand_ins, unlearn_loss
+from tacrecon.tac.repair import (
+    plan_pruning,
+    refresh_shifts,
+    search_pair_patch,
+    search_patch_stand_ins,
+    search_stand_ins,
+    unlearn_loss,
+)
 from tacrecon.tac.residual import Residual, estimate_residual
 from tacrecon.tac.stand_in import BatchHook, ChasingStandIns, chain, stamp_patches, stamp_stand_ins
 
@@ -63,7 +70,9 @@ class TAC(FinetuneDefense):
             otherwise every flagged class is repaired, each with its own s_t.
         pairwise: run the pairwise look (:mod:`tacrecon.tac.pairwise`) after the scan, and repair
             the targets of the pairs it flags too (all-to-all, source-specific, or a target hidden
-            from the scan). Off by default: on the tuning models it flags some clean ones.
+            from the scan), with one more patch stand-in that sends each flagged source to its own
+            target (:func:`~tacrecon.tac.repair.search_pair_patch`). Off by default: on the tuning
+            models it flags some clean ones.
         repair: repair after the scan (False: scan only).
         method: ``prune`` (prune the TAC's units, the low side's only with ``prune_low``, then
             fine-tune with them held at 0) or
@@ -304,6 +313,11 @@ class TAC(FinetuneDefense):
             stamped = cfg.share
         if cfg.patch > 0:
             masks, patterns, patch_stats = search_patch_stand_ins(model, train, targets, cfg, generator)
+            pairs = self.scan_.pairwise.flagged if self.scan_.pairwise is not None else []
+            if pairs:  # one more patch: each flagged source to its own target
+                mask, pattern, pair_stats = search_pair_patch(model, train, pairs, cfg, generator)
+                masks, patterns = torch.cat([masks, mask]), torch.cat([patterns, pattern])
+                patch_stats.update(pair_stats)
             self.patches_ = (masks, patterns)
             self.stats_.update(patch_stats)
             hooks.append(stamp_patches(masks, patterns, cfg.share, cfg.share))

@@ -16,12 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tacrecon.data.augment import stamp
 from tacrecon.data.split import Split
+from tacrecon.metrics import predict
 from tacrecon.models import Classifier, inspecting
 from tacrecon.tac.config import DetectionConfig, PriorConfig, PruneConfig, RobustLookConfig, StandInConfig
 from tacrecon.tac.detect import ScanResult, class_prior, head_of, latents_of, reconstruct
 from tacrecon.tac.prune import prune_plan, prune_to_peak
-from tacrecon.tac.residual import search_patch, stamped_share
+from tacrecon.tac.residual import search_mapped_patch, search_patch, stamped_share
 from tacrecon.tac.stand_in import search_stand_in, stand_in_success
 
 LossFn = Callable[[Classifier, Tensor, Tensor], Tensor]
@@ -159,3 +161,27 @@ def search_patch_stand_ins(model: Classifier, clean: Split, targets: list[int], 
     masks, patterns = torch.stack([m for m, _ in found]), torch.stack([p for _, p in found])
     return masks, patterns, {"patch_seconds": time.perf_counter() - start, "patch_targets": list(targets),
                              "patch_success": hits}
+
+
+def search_pair_patch(model: Classifier, clean: Split, pairs: list[tuple[int, int]], cfg: StandInConfig,
+                      generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """One patch stand-in for the (source, target) ``pairs`` of the pairwise look: the most
+    effective patch of ``cfg.patch`` pixels that sends the clean images of each source to its
+    target (a source's highest-scoring pair, the first of it in ``pairs``), a mask (1, 1, H, W)
+    and a pattern (1, C, H, W); an all-to-all trigger sends every source to its own target, which
+    no patch towards one class reproduces. The stats: seconds, the sources' share sent."""
+    start = time.perf_counter()
+    to_of: dict[int, int] = {}
+    for s, t in pairs:
+        to_of.setdefault(s, t)
+    mapping = torch.full((int(clean.y.max()) + 1,), -1, dtype=torch.long, device=clean.device)
+    mapping[list(to_of)] = torch.tensor(list(to_of.values()), device=clean.device)
+    to = mapping[clean.y]
+    sources = to >= 0
+    x, to = clean.x[sources], to[sources]
+    with inspecting(model):
+        mask, pattern = search_mapped_patch(model, x, to, cfg.patch, cfg.patch_steps, cfg.patch_lr, 64, generator)
+        hit = float((predict(model, x, transform=lambda b: stamp(b, mask, pattern)) == to).float().mean())
+    return mask[None], pattern[None], {"pair_patch_seconds": time.perf_counter() - start,
+                                       "pair_patch_pairs": [[s, t] for s, t in to_of.items()],
+                                       "pair_patch_success": hit}

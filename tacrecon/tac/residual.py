@@ -59,27 +59,37 @@ def patch_success(model: Classifier, clean: Split, k: int, cfg: SelfCheckConfig,
 def search_patch(model: Classifier, clean: Split, k: int, pixels: int, steps: int, lr: float, batch_size: int,
                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """The most effective patch towards class ``k`` of at most ``pixels`` pixels: a mask (1, H, W)
-    and a pattern (C, H, W) in [0, 1] (for :func:`~tacrecon.data.augment.stamp`).
-
-    Adam on the mask and the pattern in sigmoid space, the mask starting near 0, cross-entropy
-    towards ``k`` on ``batch_size`` clean images outside ``k`` per step plus a penalty on the
-    mask's sum above the budget; the final mask keeps only its ``pixels`` largest values, so the
-    budget holds exactly. Run it under :func:`~tacrecon.models.inspecting` so that the model's batch statistics
-    and parameters are left alone.
-    """
+    and a pattern (C, H, W) in [0, 1] (for :func:`~tacrecon.data.augment.stamp`), searched on the
+    clean images outside ``k`` (:func:`search_mapped_patch`)."""
     others = clean.x[clean.y != k]
     if others.shape[0] == 0:
         raise TacreconError(f"the clean set has no image outside class {k} to search a patch on")
-    _, c, h, w = clean.x.shape
+    to = torch.full((others.shape[0],), k, dtype=torch.long, device=clean.device)
+    return search_mapped_patch(model, others, to, pixels, steps, lr, batch_size, generator)
+
+
+def search_mapped_patch(model: Classifier, x: Tensor, to: Tensor, pixels: int, steps: int, lr: float,
+                        batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The patch of at most ``pixels`` pixels that best sends each image of ``x`` (N, C, H, W) to
+    its class in ``to`` (N,): a mask (1, H, W) and a pattern (C, H, W) in [0, 1]. One class for
+    every image is :func:`search_patch`; one per source class is an all-to-all or
+    source-specific trigger.
+
+    Adam on the mask and the pattern in sigmoid space, the mask starting near 0, cross-entropy
+    towards ``to`` on ``batch_size`` of the images per step plus a penalty on the mask's sum above
+    the budget; the final mask keeps only its ``pixels`` largest values, so the budget holds
+    exactly. Run it under :func:`~tacrecon.models.inspecting` so that the model's batch statistics
+    and parameters are left alone.
+    """
+    _, c, h, w = x.shape
     budget = min(pixels, h * w)
-    mask_raw = torch.full((1, h, w), -6.0, device=clean.device, requires_grad=True)
-    pattern_raw = torch.zeros(c, h, w, device=clean.device, requires_grad=True)
+    mask_raw = torch.full((1, h, w), -6.0, device=x.device, requires_grad=True)
+    pattern_raw = torch.zeros(c, h, w, device=x.device, requires_grad=True)
     opt = torch.optim.Adam([mask_raw, pattern_raw], lr=lr)
-    labels = torch.full((batch_size,), k, device=clean.device)
     for _ in range(steps):
-        x = others[to_device(torch.randint(others.shape[0], (batch_size,), generator=generator), clean.device)]
+        idx = to_device(torch.randint(x.shape[0], (batch_size,), generator=generator), x.device)
         mask, pattern = torch.sigmoid(mask_raw), torch.sigmoid(pattern_raw)
-        loss = F.cross_entropy(model(stamp(x, mask, pattern)), labels[:x.shape[0]])
+        loss = F.cross_entropy(model(stamp(x[idx], mask, pattern)), to[idx])
         loss = loss + F.relu(mask.sum() - budget) / budget
         opt.zero_grad(set_to_none=True)
         loss.backward()
