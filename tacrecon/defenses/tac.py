@@ -71,8 +71,8 @@ class TAC(FinetuneDefense):
         pairwise: run the pairwise look (:mod:`tacrecon.tac.pairwise`) after the scan, and repair
             the targets of the pairs it flags too (all-to-all, source-specific, or a target hidden
             from the scan), with one more patch stand-in that sends each flagged source to its own
-            target (:func:`~tacrecon.tac.repair.search_pair_patch`). Off by default: on the tuning
-            models it flags some clean ones.
+            target (:func:`~tacrecon.tac.repair.search_pair_patch`), stamped on half of the
+            patches' share. Off by default: on the tuning models it flags some clean ones.
         repair: repair after the scan (False: scan only).
         method: ``prune`` (prune the TAC's units, the low side's only with ``prune_low``, then
             fine-tune with them held at 0) or
@@ -314,9 +314,11 @@ class TAC(FinetuneDefense):
         if cfg.patch > 0:
             masks, patterns, patch_stats = search_patch_stand_ins(model, train, targets, cfg, generator)
             pairs = self.scan_.pairwise.flagged if self.scan_.pairwise is not None else []
-            if pairs:  # one more patch: each flagged source to its own target
+            if pairs:  # one more patch, each flagged source to its own target, stamped in as many turns as the rest
                 mask, pattern, pair_stats = search_pair_patch(model, train, pairs, cfg, generator)
-                masks, patterns = torch.cat([masks, mask]), torch.cat([patterns, pattern])
+                turns = max(1, len(targets))
+                masks = torch.cat([masks, mask.repeat(turns, 1, 1, 1)])
+                patterns = torch.cat([patterns, pattern.repeat(turns, 1, 1, 1)])
                 patch_stats.update(pair_stats)
             self.patches_ = (masks, patterns)
             self.stats_.update(patch_stats)
