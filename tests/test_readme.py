@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from tacrecon.bench.report import report_markdown, report_parts, table_blocks
+from tacrecon.bench.report import report_markdown, report_parts, report_text, table_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "cpu"
@@ -17,6 +17,11 @@ def results_section(readme: str, title: str = "## Results") -> str:
 def test_the_committed_report_is_what_its_cells_give():
     _, note, tables, names = report_parts(RESULTS)
     assert report_markdown(note, tables, names) == (RESULTS / "report.md").read_text()
+
+
+def test_the_committed_confirmatory_report_is_what_its_cells_give():
+    confirm = ROOT / "docs" / "results" / "confirm"
+    assert report_text(confirm, RESULTS) == (confirm / "report.md").read_text()  # the development grid below it
 
 
 def test_every_result_table_of_the_readme_is_one_of_the_report():
