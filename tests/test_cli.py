@@ -108,3 +108,26 @@ def test_demo_attacks_scans_and_repairs_digits(capsys, tmp_path):
     # the default repair (revision 7) leaves 5.7% on the demo's model, just above the removal bar
     # of 5% that it meets on the three digits tuning models (docs/benchmarks.md)
     assert asr_after <= 10.0 and acc_after >= acc_before - 2.0
+
+
+def test_repair_line_names_the_classes_the_pairwise_look_added(capsys, monkeypatch):
+    import tacrecon.commands.repair as repair_module
+
+    seen = {}
+
+    def fake_repair(model, dataset, out, **options):
+        seen.update(options["config"])
+        scores = {"target": None, "targets": [], "relative": [1.0, 0.9, 1.1], "anomaly_index": [0.0, 1.0, -1.0],
+                  "p_value": 0.5, "high_side": [], "robust": [], "prior": None, "pairwise_flagged": [[1, 2]],
+                  "pairwise_spread": 0.2, "pairwise_all_to_all": False}
+        return {"scores": scores, "targets": [2], "repaired": True, "classes": ["a", "b", "c"], "stats": {},
+                "defense_config": {"force_target": -1, "robust_quantile": 0.95},
+                "before": {"acc": 0.9}, "after": {"acc": 0.89}}
+
+    monkeypatch.setattr(repair_module, "run_repair", fake_repair)
+    code, out, _ = run(capsys, "repair", "m.pt", "--dataset", "digits", "--out", "o", "--pairwise")
+    lines = out.splitlines()
+    assert code == 0 and seen["pairwise"] is True
+    assert lines[1] == "m.pt: pairwise look: 1 pair(s) flagged, 1 (b) -> 2 (c) (spread 0.20; a pair far cheaper one " \
+                       "way than the other: a source-specific backdoor, or one source of an all-to-one one)"
+    assert lines[2].startswith("repaired (classes 2, 1 from the pairwise look): ACC 90.00% -> 89.00%")
