@@ -67,15 +67,19 @@ def digits_models() -> Iterator[tuple[str, Path, dict[str, Any] | None]]:
 
 
 def truth(art) -> dict[str, Any]:
-    """The backdoor's mapping from an attack artifact: kind and target(s)."""
-    attack, num = art.attack, art.model.num_classes
-    if attack.name == "none":
+    """The backdoor's mapping from an attack artifact: its kind and its (source, target) pairs
+    (all-to-one: its target, whose column :func:`backdoor_pairs` gives)."""
+    num = art.model.num_classes
+    if art.attack.name == "none":
         return {"kind": "clean", "pairs": []}
-    if attack.label_mode == "all2all":
+    if art.attack.name == "tact":
+        return {"kind": "source-specific", "pairs": [[s, art.attack.target] for s in art.attack.source_classes]}
+    backdoors = art.attack.backdoors()
+    if any(b.target is None for b in backdoors):
         return {"kind": "all-to-all", "pairs": [[s, (s + 1) % num] for s in range(num)]}
-    if attack.name == "tact":
-        return {"kind": "source-specific", "pairs": [[s, attack.target] for s in attack.source_classes]}
-    return {"kind": "all-to-one", "target": attack.target}
+    if len(backdoors) > 1:
+        return {"kind": "several", "pairs": [[s, b.target] for b in backdoors for s in range(num) if s != b.target]}
+    return {"kind": "all-to-one", "target": backdoors[0].target}
 
 
 def digits_case(name: str, folder: Path, config: dict | None, data) -> tuple:

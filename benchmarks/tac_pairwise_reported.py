@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from common import markdown_table, write_result
-from tac_pairwise import run
+from tac_pairwise import run, truth
 
 from tacrecon.artifact import load_artifact
 from tacrecon.data import clean_subset, load_dataset
@@ -33,21 +33,6 @@ from tacrecon.tac.pairwise import PairwiseConfig
 ROOT = Path(__file__).resolve().parent.parent
 GRIDS = {"robustness": ROOT / "docs" / "results" / "robustness" / "artifacts",
          "cpu": ROOT / "docs" / "results" / "cpu" / "artifacts"}
-
-
-def truth(art) -> dict[str, Any]:
-    """The backdoor's mapping: its kind and its (source, target) pairs."""
-    num = art.model.num_classes
-    backdoors = [b for b in art.attack.backdoors()] if art.attack.name != "none" else []
-    if not backdoors:
-        return {"kind": "clean", "pairs": []}
-    if art.attack.name == "tact":
-        return {"kind": "source-specific", "pairs": [[s, art.attack.target] for s in art.attack.source_classes]}
-    if any(b.target is None for b in backdoors):
-        return {"kind": "all-to-all", "pairs": [[s, (s + 1) % num] for s in range(num)]}
-    if len(backdoors) > 1:
-        return {"kind": "several", "pairs": [[s, b.target] for b in backdoors for s in range(num) if s != b.target]}
-    return {"kind": "all-to-one", "target": backdoors[0].target}
 
 
 def artifacts() -> Iterator[tuple[str, str, Path]]:

@@ -40,6 +40,8 @@ from tacrecon.errors import TacreconError
 from tacrecon.io import atomic_write_bytes, read_json
 from tacrecon.plots import plot_norms, png_bytes, pyplot
 
+Parts = tuple[list[Row], str, list[dict[str, Any]], str | None]  # what :func:`report_parts` gives
+
 
 def tables(rows: list[Row]) -> list[dict[str, Any]]:
     """One table per (dataset, arch): header, body rows (cells as text), bold positions."""
@@ -380,8 +382,8 @@ def der_minutes_png(rows: list[Row], title: str) -> bytes | None:
     if not attacks:
         return None
     cols = min(4, len(attacks))
-    fig, axes = pyplot().subplots((len(attacks) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.7 * (
-        (len(attacks) + cols - 1) // cols)), squeeze=False)
+    lines = (len(attacks) + cols - 1) // cols
+    fig, axes = pyplot().subplots(lines, cols, figsize=(3.2 * cols, 2.7 * lines), squeeze=False)
     markers = "os^vD<>pP*Xh"
     defenses = order({r.defense for r in points}, ["tac"])
     for ax, attack in zip(axes.flat, attacks):
@@ -408,9 +410,9 @@ def html_part(note: str, tables: list[dict[str, Any]], names: str | None) -> str
             + (f"<p>{html.escape(names)}</p>" if names else ""))
 
 
-def development_html(development: Path) -> str:
+def development_html(development: Path, parts: Parts) -> str:
     """The development grid's part of the page: its tables (its figures stay in its own report)."""
-    _, note, tables, names = report_parts(development)
+    _, note, tables, names = parts
     return (f"<h2>Development grid: {html.escape(grid_name(development))} ({html.escape(DEVELOPMENT_NOTE)})</h2>"
             + html_part(note, tables, names))
 
@@ -427,7 +429,7 @@ def csv_text(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
-def report_parts(out: Path) -> tuple[list[Row], str, list[dict[str, Any]], str | None]:
+def report_parts(out: Path) -> Parts:
     """The finished cells under ``out``, the report's opening note, its tables and its closing names."""
     rows, failed = load_rows(out)
     if not rows:
@@ -464,14 +466,19 @@ def report_text(out: str | Path, development: str | Path | None = None) -> str:
     """``report.md`` of ``out``; with ``development``, in two labelled parts: ``out`` (the
     confirmatory grid, the headline) and below it the development grid's tables."""
     out = Path(out)
-    _, note, tables, names = report_parts(out)
+    dev = None if development is None else (Path(development), report_parts(Path(development)))
+    return compose_markdown(out, report_parts(out), dev)
+
+
+def compose_markdown(out: Path, parts: Parts, dev: tuple[Path, Parts] | None) -> str:
+    """:func:`report_text` from the parts already read (``dev``: the development folder and its parts)."""
+    _, note, tables, names = parts
     text = report_markdown(note, tables, names)
-    if development is None:
+    if dev is None:
         return text
-    development = Path(development)
-    _, dev_note, dev_tables, dev_names = report_parts(development)
+    folder, (_, dev_note, dev_tables, dev_names) = dev
     return (f"## Confirmatory grid: {grid_name(out)}\n\n{text}\n"
-            f"## Development grid: {grid_name(development)} ({DEVELOPMENT_NOTE})\n\n"
+            f"## Development grid: {grid_name(folder)} ({DEVELOPMENT_NOTE})\n\n"
             + report_markdown(dev_note, dev_tables, dev_names))
 
 
@@ -481,15 +488,17 @@ def write_report(out: str | Path, development: str | Path | None = None) -> dict
     out = Path(out)
     if development is not None and Path(development).resolve() == out.resolve():
         raise TacreconError(f"--development {development}: the development grid must be another folder than {out}")
-    rows, note, all_tables, names = report_parts(out)
-    md = report_text(out, development)
+    parts = report_parts(out)
+    rows, note, all_tables, names = parts
+    dev = None if development is None else (Path(development), report_parts(Path(development)))
+    md = compose_markdown(out, parts, dev)
     images = "".join(f"<figure><img src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
                      f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b in write_figures(out, rows))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>tacrecon report</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:3px 8px;text-align:right}figure{display:inline-block;margin:1em}</style></head><body>"
             "<h2>tacrecon benchmark report</h2>" + html_part(note, all_tables, names) + images
-            + (development_html(Path(development)) if development is not None else "") + "</body></html>")
+            + (development_html(*dev) if dev is not None else "") + "</body></html>")
     texts = {"md": md, "html": page, "csv": csv_text(rows)}
     for fmt_name, text in texts.items():
         atomic_write_bytes(out / f"report.{fmt_name}", text.encode())

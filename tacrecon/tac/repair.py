@@ -16,9 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tacrecon.data.augment import stamp
 from tacrecon.data.split import Split
-from tacrecon.metrics import predict
 from tacrecon.models import Classifier, inspecting
 from tacrecon.tac.config import DetectionConfig, PriorConfig, PruneConfig, RobustLookConfig, StandInConfig
 from tacrecon.tac.detect import ScanResult, class_prior, head_of, latents_of, reconstruct
@@ -181,7 +179,7 @@ def search_pair_patch(model: Classifier, clean: Split, pairs: list[tuple[int, in
     x, to = clean.x[sources], to[sources]
     with inspecting(model):
         mask, pattern = search_mapped_patch(model, x, to, cfg.patch, cfg.patch_steps, cfg.patch_lr, 64, generator)
-        hit = float((predict(model, x, transform=lambda b: stamp(b, mask, pattern)) == to).float().mean())
+        hit = stamped_share(model, x, mask, pattern, to)
     return mask[None], pattern[None], {"pair_patch_seconds": time.perf_counter() - start,
                                        "pair_patch_pairs": [[s, t] for s, t in to_of.items()],
                                        "pair_patch_success": hit}

@@ -107,12 +107,15 @@ def hard_budget(mask: Tensor, budget: int) -> Tensor:
     return out.view_as(mask)
 
 
-def stamped_share(model: Classifier, x: Tensor, mask: Tensor, pattern: Tensor, k: int, batch: int = 512) -> float:
-    """The share of images ``x`` (N, C, H, W) that ``model`` puts in class ``k`` once stamped."""
+def stamped_share(model: Classifier, x: Tensor, mask: Tensor, pattern: Tensor, k: int | Tensor,
+                  batch: int = 512) -> float:
+    """The share of images ``x`` (N, C, H, W) that ``model`` puts in class ``k`` once stamped
+    (``k`` (N,): each image's own class)."""
     hits = 0
     for i in range(0, x.shape[0], batch):
         part = x[i:i + batch]
-        hits += int((model(stamp(part, mask, pattern)).argmax(1) == k).sum())
+        target = k if isinstance(k, int) else k[i:i + batch]
+        hits += int((model(stamp(part, mask, pattern)).argmax(1) == target).sum())
     return hits / x.shape[0]
 
 
