@@ -18,11 +18,11 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from common import markdown_table, write_result
-
 from tacrecon.attacks.base import ATTACKS
 from tacrecon.attacks.covers import CoverAttack
 from tacrecon.bench.rows import Row, load_rows
+
+from common import markdown_table, write_result
 
 BB = "BackdoorBench leaderboard (PreAct-ResNet18, CIFAR-10, no defense)"
 QI = ("Qi et al., ICLR 2023, Table 1 (ResNet-20, CIFAR-10, 150 poisoned samples = 0.3%; mean of 3 runs; "

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import markdown_table, pct, write_result
 from tacrecon.artifact import run_attack
+
+from common import markdown_table, pct, write_result
 
 ORDER = ["none", "badnets", "blended", "wanet", "sig", "trojan", "input_aware", "lira"]
 
@@ -55,8 +56,8 @@ def main() -> None:
     summary = {n: {k: r[k] for k in ("acc", "asr", "ra", "seconds", "poisoned", "attack_config")} for n, r in records.items()}
     suffix = "_" + "_".join(args.set).replace("=", "") if args.set else ""
     arch = "" if args.arch == "resnet_small" else f"_{args.arch}"
-    print(write_result(f"attacks_cpu_{args.dataset}{arch}_seed{args.seed}{suffix}",
-                       {"dataset": args.dataset, "arch": args.arch, "seed": args.seed, "set": args.set, "attacks": summary}, table))
+    record = {"dataset": args.dataset, "arch": args.arch, "seed": args.seed, "set": args.set, "attacks": summary}
+    print(write_result(f"attacks_cpu_{args.dataset}{arch}_seed{args.seed}{suffix}", record, table))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ import time
 import numpy as np
 import torch
 
-from common import markdown_table, write_result
 from tacrecon.qp import solve_latent_qp
+
+from common import markdown_table, write_result
 
 
 def problem(n: int, c: int, d: int, seed: int = 0):

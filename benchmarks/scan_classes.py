@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 
 import torch
-from common import markdown_table, write_result
 from torch import nn
 
 from tacrecon.data.split import Split
 from tacrecon.models import as_classifier, create_model
 from tacrecon.qp import constraint_offsets, solve_latent_qp
 from tacrecon.tac.detect import scan
+
+from common import markdown_table, write_result
 
 
 def forward_seconds(n: int) -> float:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.loading import load_any
 from tacrecon.metrics import predict
+
+from common import markdown_table, write_result
 
 
 def best_of(fn, repeats: int) -> float:
@@ -42,9 +44,9 @@ def main() -> None:
     for path in args.artifacts:
         loaded = load_any(str(path))
         clean = clean_subset(data.train, None, args.clean_n, 0, loaded.artifact.poison_index)
-        forward = best_of(lambda: predict(loaded.model, clean.x), args.repeats)
-        tac = TAC.from_dict({"repair": False})
-        scan = best_of(lambda: tac.fit(loaded.model, clean), args.repeats)
+        model, tac = loaded.model, TAC.from_dict({"repair": False})
+        forward = best_of(partial(predict, model, clean.x), args.repeats)
+        scan = best_of(partial(tac.fit, model, clean), args.repeats)
         qp = tac.stats_["scan_seconds"]
         cells.append({"artifact": str(path), "forward_s": forward, "scan_s": scan, "ratio": scan / forward})
         rows.append([path.parent.name, f"{forward:.2f}", f"{scan:.2f}", f"{scan / forward:.2f}x"])

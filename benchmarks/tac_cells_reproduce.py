@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import markdown_table, pct, write_result
 from tacrecon.artifact import load_artifact
-from tacrecon.data import load_dataset
 from tacrecon.commands.defend import defend_artifact
+from tacrecon.data import load_dataset
 from tacrecon.defenses import create_defense
 from tacrecon.io import read_json
+
+from common import markdown_table, pct, write_result
 
 RESULTS = Path("docs/results/cpu")
 DEFAULT = ["cifar10/resnet_small/none/seed0", "cifar10/resnet_small/badnets/seed0",

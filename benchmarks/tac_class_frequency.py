@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, spearman, write_result
 from tacrecon.data import load_dataset
+
+from common import markdown_table, spearman, write_result
 
 
 def main() -> None:

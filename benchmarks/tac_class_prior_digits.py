@@ -32,16 +32,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common import markdown_table, spearman, write_result
+from tacrecon.artifact import evaluate
 from tacrecon.attacks import create_attack
 from tacrecon.data import Dataset, Split, clean_subset, load_dataset
-from tacrecon.artifact import evaluate
 from tacrecon.defenses.tac import TAC
 from tacrecon.models.adapter import as_classifier
 from tacrecon.recipes import build_model, default_train_config, model_kwargs
 from tacrecon.stats import trend_prior
 from tacrecon.tac.config import DetectionConfig
 from tacrecon.tac.detect import detect
+
+from common import markdown_table, spearman, write_result
 
 
 def thinned(data: Dataset, ratio: float, generator: torch.Generator) -> tuple[Dataset, torch.Tensor]:

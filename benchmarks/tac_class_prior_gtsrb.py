@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from common import TUNING, markdown_table, tuning_folder, write_result
 from tacrecon.artifact import run_attack
 from tacrecon.commands.scan import run_scan
+
+from common import TUNING, markdown_table, tuning_folder, write_result
 
 
 def closest_other(record: dict, target: int | None, look: str = "") -> str:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, pct, write_result
 from tacrecon.cli import parse_sets
-from tacrecon.io import read_json
 from tacrecon.commands.repair import run_repair
+from tacrecon.io import read_json
+
+from common import markdown_table, pct, write_result
 
 
 def main() -> None:

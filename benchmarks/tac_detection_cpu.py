@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from common import add_model_arguments, markdown_table, model_folders, write_result
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.attacks import ATTACKS
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
+
+from common import add_model_arguments, markdown_table, model_folders, write_result
 
 
 def scan(folder: Path, data, seed: int) -> dict:

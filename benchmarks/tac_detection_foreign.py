@@ -70,7 +70,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import DOCS, markdown_table, tuning_folder, write_result
 from scipy.optimize import linprog, minimize
 
 from tacrecon.data import clean_subset, load_dataset
@@ -78,6 +77,8 @@ from tacrecon.io import atomic_write_json, read_json
 from tacrecon.loading import load_any
 from tacrecon.qp import solve_latent_qp
 from tacrecon.tac.detect import class_prior, head_of, scan
+
+from common import DOCS, markdown_table, tuning_folder, write_result
 
 FAMILY = Path(__file__).resolve().parent / "foreign"
 sys.path.insert(0, str(FAMILY))  # the family's poisoning, to leave its poisoned images out of the clean set

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from common import DOCS, markdown_table, pct, write_result
 from tacrecon.cli import parse_sets
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.io import atomic_write_json, read_json
 from tacrecon.loading import load_any
 from tacrecon.metrics import predict
+
+from common import DOCS, markdown_table, pct, write_result
 
 FAMILY = Path(__file__).resolve().parent / "foreign"
 sys.path.insert(0, str(FAMILY))  # the family's trigger code, to measure ASR: it shares no code with tacrecon

@@ -17,14 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import markdown_table, write_result
-
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.io import read_json
 from tacrecon.loading import load_any
 from tacrecon.models import latents_of
 from tacrecon.stats import relative_scores
 from tacrecon.tac.detect import reconstruct, universality_ratios
+
+from common import markdown_table, write_result
 
 FAMILY = Path(__file__).resolve().parent / "foreign"
 sys.path.insert(0, str(FAMILY))  # the family's poisoning, to leave its poisoned images out of the clean set

@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import TUNING, add_tuning_arguments, markdown_table, parse_tuning_arguments, pct, write_result
 
 from tacrecon.artifact import evaluate, load_artifact, run_attack
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
+
+from common import TUNING, add_tuning_arguments, markdown_table, parse_tuning_arguments, pct, write_result
 
 
 def measure(seed: int, config: dict, data) -> dict:

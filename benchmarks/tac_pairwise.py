@@ -32,7 +32,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from common import TUNING, markdown_table, write_result
 from tac_detection_foreign import jobs, load
 
 from tacrecon.artifact import load_artifact, run_attack
@@ -41,6 +40,8 @@ from tacrecon.data import clean_subset, load_dataset
 from tacrecon.models import latents_of
 from tacrecon.tac.detect import scan
 from tacrecon.tac.pairwise import PairwiseConfig, pairwise_look, pairwise_norms
+
+from common import TUNING, markdown_table, write_result
 
 DIGITS = TUNING / "digits-pairwise"
 TACT = {100: ((1,), (5, 7), 0), 101: ((4,), (2, 6), 9), 102: ((7,), (0, 5), 3)}  # seed: sources, covers, target

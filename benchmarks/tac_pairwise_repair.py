@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from common import TUNING, markdown_table, pct, write_result
 
 from tacrecon.artifact import evaluate, load_artifact
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
+
+from common import TUNING, markdown_table, pct, write_result
 
 SETTINGS = {"default": {}, "pairwise": {"pairwise": True}}
 

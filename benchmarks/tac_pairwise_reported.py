@@ -23,12 +23,13 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from common import markdown_table, write_result
 from tac_pairwise import run, truth
 
 from tacrecon.artifact import load_artifact
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.tac.pairwise import PairwiseConfig
+
+from common import markdown_table, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 GRIDS = {"robustness": ROOT / "docs" / "results" / "robustness" / "artifacts",

@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import markdown_table, write_result
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.models import as_classifier, latents_of
 from tacrecon.qp import solve_latent_qp
 from tacrecon.stats import anomaly_index, relative_scores
+
+from common import markdown_table, write_result
 
 CLEAN_FRACTION = {"digits": 0.2, "cifar10": 0.05}  # the scan's clean set in the tuning scripts and the grid
 

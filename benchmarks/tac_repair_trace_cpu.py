@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from common import held_out
 from tacrecon.artifact import load_artifact
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.base import columns_held_at_zero
@@ -31,6 +30,8 @@ from tacrecon.tac.detect import reconstruct
 from tacrecon.tac.prune import prune_plan
 from tacrecon.tac.repair import unlearn_loss
 from tacrecon.train import TrainConfig, fit
+
+from common import held_out
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "tuning" / "artifacts" / "cifar10" / "resnet_small"
 

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
-from common import TUNING, held_out, markdown_table, pct, tuning_folder, write_result
 from tacrecon.artifact import evaluate, load_artifact
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.io import atomic_write_json, read_json
 from tacrecon.metrics import accuracy, attack_rates
+
+from common import TUNING, held_out, markdown_table, pct, tuning_folder, write_result
 
 PRUNE_VARIANTS = {
     "prune, no fine-tune": {"method": "prune", "epochs": 0},  # prune_stop 1.0 unless said
@@ -152,8 +153,9 @@ def main() -> None:
                          f"{r['rel_norm_before']:.2f} -> {r['rel_norm_after']:.2f}",
                          f"{r['before']['acc']:.2%} -> {r['after']['acc']:.2%}",
                          f"{pct(r['before']['asr'])} -> {pct(r['after']['asr'])}", f"{r['seconds']:.0f}"])
-    table = markdown_table(["variant", "settings (other TAC fields: defaults; beta 1 unless said)", "model", "val ACC", "val ASR", "||s_t|| / median",
-                            "test ACC (not used to choose)", "test ASR (not used to choose)", "seconds"], rows)
+    table = markdown_table(["variant", "settings (other TAC fields: defaults; beta 1 unless said)", "model", "val ACC",
+                            "val ASR", "||s_t|| / median", "test ACC (not used to choose)",
+                            "test ASR (not used to choose)", "seconds"], rows)
     print(table)
     write_result(("tac_repair_tuning_cpu" if args.dataset == "cifar10" else "tac_repair_tuning_gtsrb") + suffix,
                  {"seeds": args.seeds, "val_n": args.val_n, "variants": VARIANTS, "results": results}, table)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
 from tacrecon.artifact import load_artifact, run_attack
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
 from tacrecon.metrics import accuracy, attack_rates
+
+from common import markdown_table, write_result
 
 VARIANTS = {
     "whole net, batch 128": {"freeze_head": False, "batch_size": 128},

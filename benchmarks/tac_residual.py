@@ -25,8 +25,8 @@ model is then examined with clean data only, by candidate estimates of the resid
   classes; the estimate is the target's success minus the other classes' median.
 
 ``--part holdout`` repairs the foreign family's held-out part instead (benchmarks/foreign/README.md):
-read once per TAC revision, never tuned on. ``--clean`` adds the clean foreign models, repaired by mistake on the class their scan ranks
-cheapest: what a false alarm costs in accuracy.
+read once per TAC revision, never tuned on. ``--clean`` adds the clean foreign models, repaired by mistake on
+the class their scan ranks cheapest: what a false alarm costs in accuracy.
 
 The true residual is the ASR on the test split with the model's own trigger; accuracy is reported
 on the test split and on 500 held-out training images (what a defender can measure). One JSON per
@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 
 import torch
-from common import DOCS, TUNING, held_out, markdown_table, pct, write_result
 from scipy.stats import spearmanr
 
 from tacrecon.artifact import evaluate, load_artifact, run_attack
@@ -56,6 +55,8 @@ from tacrecon.metrics import accuracy
 from tacrecon.models import as_classifier
 from tacrecon.tac.residual import estimate_residual
 from tacrecon.tac.stand_in import search_stand_in, stand_in_success
+
+from common import DOCS, TUNING, held_out, markdown_table, pct, write_result
 
 FAMILY = Path(__file__).resolve().parent / "foreign"
 sys.path.insert(0, str(FAMILY))  # the family's trigger code, to measure ASR: it shares no code with tacrecon

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.defenses.tac import TAC
@@ -28,6 +27,8 @@ from tacrecon.models import as_classifier, latents_of
 from tacrecon.stats import anomaly_index
 from tacrecon.tac.detect import reconstruct
 from tacrecon.tac.stand_in import search_stand_in, stand_in_success
+
+from common import markdown_table, write_result
 
 
 def stand_in_shares(folder: Path, data) -> dict:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from common import add_model_arguments, markdown_table, model_folders, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.attacks import ATTACKS
 from tacrecon.data import clean_subset, load_dataset
@@ -36,6 +35,8 @@ from tacrecon.models import as_classifier, latents_of
 from tacrecon.qp import solve_latent_qp
 from tacrecon.stats import anomaly_index, relative_scores
 from tacrecon.tac.detect import universality_ratios
+
+from common import add_model_arguments, markdown_table, model_folders, write_result
 
 STATISTICS = ("norm", "q0.99", "q0.95", "q0.9", "diag", "mahalanobis", "ratio")
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from common import TUNING, held_out, markdown_table, tuning_folder, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.data import clean_subset, load_dataset
 from tacrecon.data.augment import add_clipped
@@ -35,6 +34,8 @@ from tacrecon.defenses.tac import TAC
 from tacrecon.io import atomic_write_json, read_json
 from tacrecon.models import as_classifier
 from tacrecon.tac.stand_in import search_stand_in, stand_in_success
+
+from common import TUNING, held_out, markdown_table, tuning_folder, write_result
 
 # name -> (eps, steps, lr, restarts): restarts > 1 keeps the stand-in with the best clean success
 VARIANTS = {

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from common import add_model_arguments, held_out, markdown_table, model_folders, write_result
 from tacrecon.artifact import load_artifact
 from tacrecon.attacks import ATTACKS
 from tacrecon.data import clean_subset, load_dataset
@@ -32,6 +31,8 @@ from tacrecon.models import as_classifier, latents_of
 from tacrecon.stats import relative_scores
 from tacrecon.tac.detect import reconstruct
 from tacrecon.tac.stand_in import search_stand_in
+
+from common import add_model_arguments, held_out, markdown_table, model_folders, write_result
 
 
 def alignment(folder: Path, data) -> dict:

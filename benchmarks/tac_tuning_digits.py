@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from common import markdown_table, write_result
 from tacrecon.artifact import run_attack
 from tacrecon.commands.scan import run_scan
+
+from common import markdown_table, write_result
 
 RULES = [("mad", 2.0, None), ("mad", 3.0, None), ("mad", 4.0, None), ("pvalue", None, 0.05), ("pvalue", None, 0.01)]
 

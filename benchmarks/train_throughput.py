@@ -14,10 +14,11 @@ import time
 
 import torch
 
-from common import markdown_table, write_result
 from tacrecon.data.split import Split
 from tacrecon.models import MODELS, create_model
 from tacrecon.recipes import default_train_config
+
+from common import markdown_table, write_result
 
 # The CPU protocol's resnet_small width; other models at their defaults.
 KWARGS = {"resnet_small": {"width": 16}}

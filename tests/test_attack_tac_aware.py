@@ -1,6 +1,7 @@
 """The TAC-aware attack: its configuration, its hiding term, and one short training run (digits)."""
 
 import math
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tacrecon.bench import (BenchConfig, Cell, expand, load_config, parse_only, plan, report_text, run_grid, runner,
-                            write_report)
+from tacrecon.bench import BenchConfig, Cell, expand, load_config, parse_only, plan, report_text, run_grid, runner, write_report
 from tacrecon.errors import TacreconError
 
 TINY = {"name": "tiny", "grids": [{"datasets": ["digits"], "archs": ["test_cnn"], "attacks": ["badnets"],
@@ -615,11 +614,12 @@ def test_ray_backend_matches_local(tmp_path):
 
 def test_a_pool_whose_worker_died_is_rebuilt():
     import os
+    from concurrent.futures.process import BrokenProcessPool
 
     pool = runner.Pool(1)
     try:
         lost = pool.submit(os._exit, 1)  # the worker process dies, as under the OOM killer
-        with pytest.raises(Exception):
+        with pytest.raises(BrokenProcessPool):
             pool.result(lost)
         assert pool.result(pool.submit(abs, -3)) == 3  # the next job gets a new worker
     finally:

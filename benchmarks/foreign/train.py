@@ -78,7 +78,7 @@ def augment(x: Tensor, gen: torch.Generator, flip: bool, pad: int = 4) -> Tensor
 def make_optimizer(model: nn.Module, recipe: dict[str, Any], steps: int):
     """(optimizer, per-step scheduler) for ``recipe``."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
     groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     if recipe["optimizer"] == "sgd":
