@@ -1,12 +1,14 @@
-"""Copy a bench report's tables into a section of the README, so the two cannot drift.
+"""Copy a bench report's tables and comparison paragraphs into a section of the README, so the two cannot drift.
 
     python scripts/readme_tables.py "## Results" docs/results/cpu/report.md
     python scripts/readme_tables.py "## Robustness" docs/results/robustness/report.md
 
 Each table of the README section is replaced by the report's table with the same first three
-header cells, taken in the report's order (the CIFAR-10 table before the GTSRB one). The prose
-around the tables is left as it is: reread it after the numbers change. ``tests/test_readme.py``
-checks that every table of those sections is one of the report's.
+header cells, taken in the report's order (the CIFAR-10 table before the GTSRB one), and each
+paragraph that starts with "In words:" by the report's paragraph of that kind in the same place
+(the first by the first). The other prose around the tables is left as it is: reread it after the
+numbers change. ``tests/test_readme.py`` checks that every table and every such paragraph of those
+sections is one of the report's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tacrecon.bench.report import table_blocks
+from tacrecon.bench.report import table_blocks, words_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +34,11 @@ def replace_tables(section: str, report: str) -> str:
             raise SystemExit(f"no table of the report starts like the README's {header_key(block)}")
         unused.remove(match)
         section = section.replace(block, match, 1)
+    words = words_lines(report)
+    for i, line in enumerate(words_lines(section)):
+        if i >= len(words):
+            raise SystemExit(f"the README's section has more 'In words:' paragraphs than the report ({len(words)})")
+        section = section.replace(line, words[i], 1)
     return section
 
 

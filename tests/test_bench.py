@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tacrecon.bench import BenchConfig, Cell, expand, load_config, parse_only, plan, report_text, run_grid, runner, write_report
+from tacrecon.bench.report import words_lines
 from tacrecon.errors import TacreconError
 
 TINY = {"name": "tiny", "grids": [{"datasets": ["digits"], "archs": ["test_cnn"], "attacks": ["badnets"],
@@ -506,6 +507,19 @@ def test_report_sets_tac_against_the_best_other_defense(tmp_path):
             "| loses |") in md
     assert "| wanet | 2 | 0.900 |" in md and "| +0.002 | tie |" in md
     assert "| sig |" not in md.split("### tac against")[1].split("### removal")[0]
+    assert ("In words: tac has the best DER on 1 of 4 attack rows, ties on 1 (within 0.005) and loses on 2: "
+            "cifar10/resnet_small blended to ft by 0.150 (tac 84.0±0.0 / 10.0±0.0, ft 84.0±0.0 / 10.0±0.0); "
+            "cifar10/resnet_small trojan to nc by 0.050 (tac 84.0 / 10.0, nc 84.0 / 10.0). Cost (each defense's "
+            "minutes over tac's on the same model, the median over the models both ran): fp 1.0x (6 models), "
+            "ft 1.0x (6 models), nc 1.0x (1 model).") in md.splitlines()
+
+
+def test_report_says_in_words_that_tac_loses_on_none_and_what_each_rival_costs(tmp_path):
+    for defense, der, seconds in (("none", 0.5, 0.5), ("tac", 0.96, 60.0), ("ftsam", 0.95, 1200.0), ("clp", 0.6, 0.3)):
+        hand_cell(tmp_path, "badnets", 0, defense, 0.84, 0.05, der, seconds=seconds)
+    (words,) = words_lines(write_report(tmp_path)["md"])
+    assert words.startswith("In words: tac has the best DER on 1 of 1 attack rows; it loses on none. Cost")
+    assert words.endswith("ran): clp 0.005x (1 model), ftsam 20x (1 model).")  # doing nothing is no defense
 
 
 def test_report_reads_the_attack_from_the_result_not_the_folder(tmp_path):

@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-from tacrecon.bench.report import report_markdown, report_parts, report_text, table_blocks
+import pytest
+
+from tacrecon.bench.report import report_markdown, report_parts, report_text, table_blocks, words_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "cpu"
@@ -30,6 +32,8 @@ def test_every_result_table_of_the_readme_is_one_of_the_report():
     assert len(readme) >= 3  # CIFAR-10, GTSRB, TAC against the best other defense, ...
     for block in readme:
         assert block in report, f"a README table is not in docs/results/cpu/report.md:\n{block[:300]}"
+    words = words_lines(results_section((ROOT / "README.md").read_text()))
+    assert words and set(words) <= set(words_lines((RESULTS / "report.md").read_text()))
 
 
 def test_the_robustness_tables_of_the_readme_are_the_report():
@@ -82,3 +86,7 @@ def test_readme_tables_script_replaces_each_table_by_the_report_s_of_its_header(
     report = "| x | y | z | w |\n|---|\n| new x |\n\n| a | b | c |\n|---|\n| new a |\n"
     assert module.replace_tables(section, report) == (
         "## R\n\nA\n| a | b | c |\n|---|\n| new a |\n\nB\n| x | y | z | w |\n|---|\n| new x |\n")
+    words = "## R\n\nIn words: old.\n\nprose\n"
+    assert module.replace_tables(words, report + "\nIn words: new.\n") == "## R\n\nIn words: new.\n\nprose\n"
+    with pytest.raises(SystemExit):
+        module.replace_tables(words, report)

@@ -5,7 +5,8 @@ Every cell shows ``ACC / ASR`` after the defense (percent); the best defense of 
 detection of the defenses that flag a class (TAC, NC): on backdoored models how often the attack's
 targets were all flagged, on clean models how often any class was (false positives); where a model
 has several backdoors, ASR is the largest of theirs and a table gives each one's. A third sets TAC
-against the best other defense of each row (DER, margin, wins / loses); a fourth counts the
+against the best other defense of each row (DER, margin, wins / loses), and a paragraph below it
+says the same in words with TAC's cost against each other defense's; a fourth counts the
 attacked models each defense brings under the removal bar; a fifth, the attacked models that meet
 the attack bar (ASR >= 90% within 2 points of the clean model's accuracy) and what the others
 miss; a sixth gives the cost (hours of
@@ -201,7 +202,49 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
                      "tie: within 0.005)",
             "header": ["data/arch", "attack", "seeds", f"{focus} DER", f"{focus} ACC / ASR", f"{focus} min",
                        "best other", "its DER", "its ACC / ASR", "its min", "margin", focus],
-            "body": body, "bold": [[] for _ in body]}
+            "body": body, "bold": [[] for _ in body], "words": in_words(body, rows, focus)}
+
+
+WORDS = "In words:"  # the comparison's paragraph starts so; a README copies it whole (scripts/readme_tables.py)
+
+
+def in_words(body: list[list[str]], rows: list[Row], focus: str) -> str:
+    """The comparison table ``body`` (:func:`versus`) in one paragraph: on how many attack rows
+    ``focus`` has the best DER, ties and loses, against whom and by how much, and its cost against
+    each other defense's (:func:`cost_ratios`)."""
+    count = {v: [row for row in body if row[-1] == v] for v in ("wins", "tie", "loses")}
+    text = f"{WORDS} {focus} has the best DER on {len(count['wins'])} of {len(body)} attack rows"
+    if count["tie"]:
+        text += f", ties on {len(count['tie'])} (within 0.005)"
+    if count["loses"]:
+        text += f" and loses on {len(count['loses'])}: " + "; ".join(
+            f"{row[0]} {row[1]} to {row[6]} by {-float(row[10]):.3f} ({focus} {row[4]}, {row[6]} {row[8]})"
+            for row in count["loses"])
+    else:
+        text += "; it loses on none"
+    ratios = cost_ratios(rows, focus)
+    if ratios:
+        text += (f". Cost (each defense's minutes over {focus}'s on the same model, the median over the models both "
+                 "ran): " + ", ".join(f"{d} {ratio_text(r)} ({n} model{'s' * (n != 1)})" for d, (r, n) in ratios.items()))
+    return text + "."
+
+
+def cost_ratios(rows: list[Row], focus: str) -> dict[str, tuple[float, int]]:
+    """Per other defense (doing nothing left out), the median over the models that both it and
+    ``focus`` ran (clean ones included) of its seconds over ``focus``'s, and how many models; the
+    defenses by name."""
+    mine = {(r.dataset, r.arch, r.attack, r.seed): r.seconds for r in rows if r.defense == focus}
+    ratios: dict[str, list[float]] = {}
+    for r in rows:
+        key = (r.dataset, r.arch, r.attack, r.seed)
+        if r.defense not in (focus, "none") and mine.get(key):
+            ratios.setdefault(r.defense, []).append(r.seconds / mine[key])
+    return {d: (statistics.median(ratios[d]), len(ratios[d])) for d in order(set(ratios), [])}
+
+
+def ratio_text(ratio: float) -> str:
+    """Two significant figures at most: 14x, 3.9x, 0.04x."""
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
 
 
 def attack_bar(rows: list[Row], asr: float = 0.9, drop: float = 0.02) -> dict[str, Any] | None:
@@ -327,7 +370,7 @@ def markdown(table: dict[str, Any]) -> str:
     for row, best in zip(table["body"], table["bold"]):
         cells = [f"**{c}**" if i - 2 in best else c for i, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + (["", table["words"]] if table.get("words") else []))
 
 
 def table_blocks(text: str) -> list[str]:
@@ -343,6 +386,11 @@ def table_blocks(text: str) -> list[str]:
     return blocks
 
 
+def words_lines(text: str) -> list[str]:
+    """Every comparison paragraph of ``text`` (a line that starts with :data:`WORDS`), in order."""
+    return [line for line in text.splitlines() if line.startswith(WORDS)]
+
+
 def html_table(table: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table["header"])
     rows = []
@@ -350,7 +398,8 @@ def html_table(table: dict[str, Any]) -> str:
         cells = "".join(f"<td><b>{html.escape(c)}</b></td>" if i - 2 in best
                         else f"<td>{html.escape(c)}</td>" for i, c in enumerate(row))
         rows.append(f"<tr>{cells}</tr>")
-    return f"<h3>{html.escape(table['title'])}</h3><table><tr>{head}</tr>{''.join(rows)}</table>"
+    words = f"<p>{html.escape(table['words'])}</p>" if table.get("words") else ""
+    return f"<h3>{html.escape(table['title'])}</h3><table><tr>{head}</tr>{''.join(rows)}</table>{words}"
 
 
 def scatter_png(rows: list[Row], title: str) -> bytes | None:
