@@ -522,6 +522,20 @@ def test_report_says_in_words_that_tac_loses_on_none_and_what_each_rival_costs(t
     assert words.endswith("ran): clp 0.005x (1 model), ftsam 20x (1 model).")  # doing nothing is no defense
 
 
+def test_report_sets_each_setting_of_tac_against_the_other_defenses_not_against_each_other(tmp_path):
+    hand_cell(tmp_path, "badnets", 0, "none", 0.85, 0.95, 0.5)
+    hand_cell(tmp_path, "badnets", 0, "tac", 0.84, 0.40, 0.77)
+    hand_cell(tmp_path, "badnets", 0, "tac-abcdef12", 0.84, 0.02, 0.96, params={"pairwise": True})
+    hand_cell(tmp_path, "badnets", 0, "ft", 0.84, 0.20, 0.87)
+    md = write_report(tmp_path)["md"]
+    assert "### tac against the best other defense (wins 0, tie 0, loses 1;" in md
+    assert "### tac-abcdef12 against the best other defense (wins 1, tie 0, loses 0;" in md
+    tac, variant = words_lines(md)
+    assert "loses on 1: cifar10/resnet_small badnets to ft by 0.100" in tac and "tac-abcdef12" not in tac
+    assert variant.endswith("; it loses on none. Cost (each defense's minutes over tac-abcdef12's on the same model, "
+                            "the median over the models both ran): ft 1.0x (1 model).")
+
+
 def test_report_reads_the_attack_from_the_result_not_the_folder(tmp_path):
     # an overridden train budget puts a hash on every folder, the clean model's too
     hand_cell(tmp_path, "none", 0, "tac", 0.86, None, None, target=0, norms=[1.0, 5.0, 5.1], folder="none-abcdef12")

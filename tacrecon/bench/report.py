@@ -6,7 +6,8 @@ detection of the defenses that flag a class (TAC, NC): on backdoored models how 
 targets were all flagged, on clean models how often any class was (false positives); where a model
 has several backdoors, ASR is the largest of theirs and a table gives each one's. A third sets TAC
 against the best other defense of each row (DER, margin, wins / loses), and a paragraph below it
-says the same in words with TAC's cost against each other defense's; a fourth counts the
+says the same in words with TAC's cost against each other defense's (one such table for each
+setting of TAC in the grid, ``tac-<hash>`` too; TAC's settings are not each other's rivals); a fourth counts the
 attacked models each defense brings under the removal bar; a fifth, the attacked models that meet
 the attack bar (ASR >= 90% within 2 points of the clean model's accuracy) and what the others
 miss; a sixth gives the cost (hours of
@@ -30,6 +31,7 @@ import csv
 import html
 import io
 import json
+import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -168,9 +170,15 @@ def mean_der(group: list[Row]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def family(defense: str) -> str:
+    """The registered defense of a report name: ``tac`` for ``tac`` and ``tac-784338a7``."""
+    return re.sub(r"-[0-9a-f]{8}$", "", defense)
+
+
 def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
     """Where ``focus`` wins and loses: for each attacked row, its mean DER against the best other
-    defense's, the margin and the median minutes each took, over the seeds that every defense of the row has finished (a
+    defense's (another setting of ``focus``'s own defense, ``tac-<hash>`` beside ``tac``, is no
+    rival), the margin and the median minutes each took, over the seeds that every defense of the row has finished (a
     defense still short of a seed is not left out of the comparison; the seed is) and on the
     models the attack implanted in (:meth:`Row.implanted`). None without ``focus``.
 
@@ -182,7 +190,7 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
     body = []
     for key in sorted({(r.dataset, r.arch, r.attack) for r in rows if not r.clean}):
         sub = [r for r in rows if (r.dataset, r.arch, r.attack) == key and r.implanted()]
-        defenses = {r.defense for r in sub} - {"none"}
+        defenses = {r.defense for r in sub if r.defense == focus or family(r.defense) not in ("none", family(focus))}
         seeds = set.intersection(*({r.seed for r in sub if r.defense == d} for d in defenses)) if defenses else set()
         groups = {d: [r for r in sub if r.defense == d and r.seed in seeds] for d in defenses}
         found = {d: mean_der(g) for d, g in groups.items() if g}
@@ -230,14 +238,14 @@ def in_words(body: list[list[str]], rows: list[Row], focus: str) -> str:
 
 
 def cost_ratios(rows: list[Row], focus: str) -> dict[str, tuple[float, int]]:
-    """Per other defense (doing nothing left out), the median over the models that both it and
+    """Per other defense (doing nothing and ``focus``'s other settings left out), the median over the models that both it and
     ``focus`` ran (clean ones included) of its seconds over ``focus``'s, and how many models; the
     defenses by name."""
     mine = {(r.dataset, r.arch, r.attack, r.seed): r.seconds for r in rows if r.defense == focus}
     ratios: dict[str, list[float]] = {}
     for r in rows:
         key = (r.dataset, r.arch, r.attack, r.seed)
-        if r.defense not in (focus, "none") and mine.get(key):
+        if family(r.defense) not in (family(focus), "none") and mine.get(key):
             ratios.setdefault(r.defense, []).append(r.seconds / mine[key])
     return {d: (statistics.median(ratios[d]), len(ratios[d])) for d in order(set(ratios), [])}
 
@@ -485,7 +493,9 @@ def report_parts(out: Path) -> Parts:
         raise TacreconError(f"{out}: no finished cell to report" + (f" ({failed} failed)" if failed else ""))
     blocks = tables(rows)
     found = detection(rows)
-    extra = [t for t in (found, per_backdoor(rows), versus(rows), removal_bar(rows), attack_bar(rows), cost(rows)) if t]
+    focuses = order({r.defense for r in rows if family(r.defense) == "tac"}, ["tac"])
+    extra = [t for t in (found, per_backdoor(rows), *(versus(rows, f) for f in focuses), removal_bar(rows),
+                         attack_bar(rows), cost(rows)) if t]
     names = " ".join(t for t in (legend(rows), mixed_revisions(rows)) if t) or None
     note = (f"{len(rows)} finished cells" + (f", {failed} failed (see cells/**/*{FAILED_SUFFIX})" if failed else "")
             + ". Each entry: ACC / ASR after the defense (%), mean±std over seeds ([n]: over only n of the row's "
