@@ -376,6 +376,17 @@ def test_one_worker_runs_an_artifacts_cells_before_the_next_artifact(tmp_path, m
                      ("artifact", "blended"), ("cell", "blended"), ("cell", "blended")]
 
 
+def test_each_finished_job_says_what_it_gave_on_stderr(tmp_path, capsys):
+    # a grid run in the background with its output in a file has no progress bar: these lines are its log
+    run_grid(BenchConfig.from_dict(TINY), tmp_path, progress=False)
+    lines = capsys.readouterr().err.splitlines()
+    folder = f"digits/test_cnn/{Cell('digits', 'test_cnn', 'badnets', 0, 'ft', train={'epochs': 1}).attack_dir}/seed0"
+    assert any(line.endswith(" s)") and f" {folder} (attack model): ACC " in line and ", ASR " in line for line in lines)
+    assert any(f" {folder}/ft: ACC " in line and ", ASR " in line for line in lines)
+    run_grid(BenchConfig.from_dict(TINY), tmp_path, progress=False)  # nothing left to run: nothing said
+    assert capsys.readouterr().err == ""
+
+
 def test_two_workers(tmp_path):
     config = BenchConfig.from_dict({**TINY, "grids": [{**TINY["grids"][0], "attacks": ["badnets", "blended"]}]})
     summary = run_grid(config, tmp_path, workers=2, threads=1)

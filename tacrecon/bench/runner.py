@@ -65,10 +65,10 @@ def artifact_job(cell: Cell, out: str, artifacts: str, root: str | None, device:
     path = cell.artifact_path(Path(artifacts))
     try:
         with file_lock(path.parent / f".{path.name}.lock"):
-            run_attack(cell.attack, cell.dataset, cell.arch, path, root=root, device=device, seed=cell.seed,
-                       config=cell.attack_params, train={**cell.train, "progress": progress},
-                       retrain_outdated=True)
-        return {"ok": True, "error": None}
+            record = run_attack(cell.attack, cell.dataset, cell.arch, path, root=root, device=device, seed=cell.seed,
+                                config=cell.attack_params, train={**cell.train, "progress": progress},
+                                retrain_outdated=True)
+        return {"ok": True, "error": None, "line": f"{rates_text(record)} ({record['seconds']:.0f} s)"}
     except Exception as e:  # recorded in every cell of the artifact; the grid goes on
         log.error("artifact %s failed: %s", path, e)
         return {"ok": False, "error": f"attack artifact failed: {type(e).__name__}: {e}",
@@ -99,9 +99,17 @@ def cell_job(cell: Cell, out: str, artifacts: str, root: str | None, device: str
                   "cell_seconds": time.perf_counter() - start, "provenance": provenance(device)}
         atomic_write_json(cell.result_path(Path(out)), result)
         cell.failed_path(Path(out)).unlink(missing_ok=True)
-        return {"ok": True, "label": cell.label}
+        flagged = "" if record.get("target") is None else f", flagged {record['target']}"
+        return {"ok": True, "label": cell.label,
+                "line": f"{rates_text(record['after'])}{flagged} ({result['cell_seconds']:.0f} s)"}
     except Exception as e:
         return record_failure(cell, out, f"{type(e).__name__}: {e}", traceback.format_exc(), device)
+
+
+def rates_text(rates: dict[str, Any]) -> str:
+    """``ACC 85.4%, ASR 1.0%`` of a record's rates (ASR left out for a clean model)."""
+    asr = rates.get("asr")
+    return f"ACC {rates['acc']:.1%}" + ("" if asr is None else f", ASR {asr:.1%}")
 
 
 def record_failure(cell: Cell, out: str, error: str, trace: str | None, device: str) -> dict[str, Any]:
@@ -302,6 +310,13 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
     return summary
 
 
+def say(bar: tqdm, name: str, result: dict[str, Any]) -> None:
+    """One line on stderr for each finished job (above the progress bar on a terminal, alone in a
+    log file, where the bar is off): its ``name``, its rates or its error."""
+    text = result.get("line", "done") if result["ok"] else f"FAILED: {result.get('error')}"
+    bar.write(f"{time.strftime('%H:%M:%S')} {name}: {text}", file=sys.stderr)
+
+
 def _drive(runner: Inline, groups: dict[Path, list[Cell]], args: tuple, summary: dict[str, Any],
            inner_progress: bool) -> None:
     """Keep ``runner.capacity`` jobs in flight: the cells of a ready artifact before the next
@@ -332,6 +347,8 @@ def _drive(runner: Inline, groups: dict[Path, list[Cell]], args: tuple, summary:
                 result = {"ok": False, "error": f"worker lost: {type(e).__name__}: {e}", "traceback": None}
                 if kind == "cell":
                     record_failure(what, args[0], result["error"], None, args[3])
+            first = what if kind == "cell" else groups[what][0]
+            say(bar, first.label if kind == "cell" else f"{first.label.rsplit('/', 1)[0]} (attack model)", result)
             if kind == "artifact" and result["ok"]:
                 ready.extend(groups[what])
                 continue
