@@ -2,6 +2,9 @@
 
     python scripts/readme_tables.py "## Results" docs/results/cpu/report.md
     python scripts/readme_tables.py "## Robustness" docs/results/robustness/report.md
+    python scripts/readme_tables.py "## Confirmatory" docs/results/confirm/report.md
+
+A two-part report (``tacrecon report DIR --development DEV``) gives its confirmatory part only.
 
 Each table of the README section is replaced by the report's table with the same first three
 header cells, taken in the report's order (the CIFAR-10 table before the GTSRB one), and each
@@ -16,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tacrecon.bench.report import table_blocks, words_lines
+from tacrecon.bench.report import DEVELOPMENT_HEADING, table_blocks, words_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,12 +45,18 @@ def replace_tables(section: str, report: str) -> str:
     return section
 
 
+def headline_part(report: str) -> str:
+    """A two-part report's confirmatory part (what comes before its development grid); a one-part
+    report whole."""
+    return report.split(f"\n{DEVELOPMENT_HEADING}", 1)[0]
+
+
 def main(title: str, report_path: str) -> None:
     readme_path = ROOT / "README.md"
     readme = readme_path.read_text()
     start = readme.index(title)
     end = readme.index("\n## ", start + 1)
-    section = replace_tables(readme[start:end], (ROOT / report_path).read_text())
+    section = replace_tables(readme[start:end], headline_part((ROOT / report_path).read_text()))
     readme_path.write_text(readme[:start] + section + readme[end:])
 
 

@@ -508,6 +508,7 @@ def report_markdown(note: str, tables: list[dict[str, Any]], names: str | None) 
     return "\n\n".join([note, *(markdown(t) for t in tables), *([names] if names else [])]) + "\n"
 
 
+DEVELOPMENT_HEADING = "## Development grid: "  # where a two-part report's development part starts
 DEVELOPMENT_NOTE = ("the grid on which the method's choices were made (every revision of it was looked at "
                     "on these cells): development figures, not the headline")
 
@@ -537,7 +538,7 @@ def compose_markdown(out: Path, parts: Parts, dev: tuple[Path, Parts] | None) ->
         return text
     folder, (_, dev_note, dev_tables, dev_names) = dev
     return (f"## Confirmatory grid: {grid_name(out)}\n\n{text}\n"
-            f"## Development grid: {grid_name(folder)} ({DEVELOPMENT_NOTE})\n\n"
+            f"{DEVELOPMENT_HEADING}{grid_name(folder)} ({DEVELOPMENT_NOTE})\n\n"
             + report_markdown(dev_note, dev_tables, dev_names))
 
 
