@@ -57,15 +57,15 @@ def describe(path: Path, sample: int) -> dict:
               "bytes_per_image": float(sizes.mean())}
     if record["format"] != "jpeg":
         return record
-    step = max(1, len(sizes) // sample)
+    picked = range(0, len(sizes), max(1, len(sizes) // sample))
     qualities, mismatches, modes = set(), 0, set()
-    for i in range(0, len(sizes), step):
+    for i in picked:
         image = Image.open(io.BytesIO(encoded[offsets[i]:offsets[i + 1]].tobytes()))
         quality, differ = estimated_quality(list(image.quantization[0]))  # type: ignore[attr-defined]
         qualities.add(quality)
         mismatches += differ > 0
         modes.add(subsampling(image))
-    return {**record, "sampled": len(range(0, len(sizes), step)), "ijg_quality": sorted(qualities),
+    return {**record, "sampled": len(picked), "ijg_quality": sorted(qualities),
             "tables_not_ijg": mismatches, "chroma": sorted(modes)}
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tacrecon.bench.report import DEVELOPMENT_HEADING, table_blocks, words_lines
+from tacrecon.bench.report import confirmatory_part, table_blocks, words_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,18 +45,12 @@ def replace_tables(section: str, report: str) -> str:
     return section
 
 
-def headline_part(report: str) -> str:
-    """A two-part report's confirmatory part (what comes before its development grid); a one-part
-    report whole."""
-    return report.split(f"\n{DEVELOPMENT_HEADING}", 1)[0]
-
-
 def main(title: str, report_path: str) -> None:
     readme_path = ROOT / "README.md"
     readme = readme_path.read_text()
     start = readme.index(title)
     end = readme.index("\n## ", start + 1)
-    section = replace_tables(readme[start:end], headline_part((ROOT / report_path).read_text()))
+    section = replace_tables(readme[start:end], confirmatory_part((ROOT / report_path).read_text()))
     readme_path.write_text(readme[:start] + section + readme[end:])
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tacrecon.bench.report import DEVELOPMENT_HEADING, report_markdown, report_parts, report_text, table_blocks, words_lines
+from tacrecon.bench.report import confirmatory_part, report_markdown, report_parts, report_text, table_blocks, words_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "cpu"
@@ -38,7 +38,7 @@ def test_every_result_table_of_the_readme_is_one_of_the_report():
 
 def test_the_confirmatory_tables_of_the_readme_are_the_report_s_confirmatory_part():
     confirm = (ROOT / "docs" / "results" / "confirm" / "report.md").read_text()
-    headline = confirm.split(f"\n{DEVELOPMENT_HEADING}", 1)[0]
+    headline = confirmatory_part(confirm)
     assert len(headline) < len(confirm)  # the development grid follows it
     readme = results_section((ROOT / "README.md").read_text(), "## Confirmatory")
     blocks = table_blocks(readme)
@@ -102,4 +102,4 @@ def test_readme_tables_script_replaces_each_table_by_the_report_s_of_its_header(
     assert module.replace_tables(words, report + "\nIn words: new.\n") == "## R\n\nIn words: new.\n\nprose\n"
     with pytest.raises(SystemExit):
         module.replace_tables(words, report)
-    assert module.headline_part("| a |\n\n## Development grid: cpu (...)\n\n| b |\n") == "| a |\n"
+    assert confirmatory_part("| a |\n\n## Development grid: cpu (...)\n\n| b |\n") == "| a |\n"

@@ -69,12 +69,17 @@ class Cell:
     def defense_name(self) -> str:
         return self.defense if not self.defense_params else f"{self.defense}-{short_hash(self.defense_params)}"
 
+    @property
+    def model_label(self) -> str:
+        """``<dataset>/<arch>/<attack folder>/seed<s>``: the attack artifact that the cell defends."""
+        return f"{self.dataset}/{self.arch}/{self.attack_dir}/seed{self.seed}"
+
     def artifact_path(self, artifacts: Path) -> Path:
         """The artifact folder under ``artifacts`` (by default ``<out>/artifacts``)."""
-        return Path(artifacts) / self.dataset / self.arch / self.attack_dir / f"seed{self.seed}"
+        return Path(artifacts) / self.model_label
 
     def result_path(self, out: Path) -> Path:
-        return Path(out) / "cells" / self.dataset / self.arch / self.attack_dir / f"seed{self.seed}" / f"{self.defense_name}.json"
+        return Path(out) / "cells" / self.model_label / f"{self.defense_name}.json"
 
     def failed_path(self, out: Path) -> Path:
         path = self.result_path(out)
@@ -90,7 +95,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.dataset}/{self.arch}/{self.attack_dir}/seed{self.seed}/{self.defense_name}"
+        return f"{self.model_label}/{self.defense_name}"
 
 
 def expand(config: BenchConfig) -> list[Cell]:

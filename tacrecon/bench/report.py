@@ -187,7 +187,7 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
     """
     if not any(r.defense == focus for r in rows):
         return None
-    body = []
+    outcomes: list[dict[str, Any]] = []
     for key in sorted({(r.dataset, r.arch, r.attack) for r in rows if not r.clean}):
         sub = [r for r in rows if (r.dataset, r.arch, r.attack) == key and r.implanted()]
         defenses = {r.defense for r in sub if r.defense == focus or family(r.defense) not in ("none", family(focus))}
@@ -199,35 +199,39 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
             continue
         rival = max((d for d in ders if d != focus), key=ders.__getitem__)
         margin = ders[focus] - ders[rival]
-        verdict = "tie" if abs(margin) < 5e-3 else "wins" if margin > 0 else "loses"
-        body.append([f"{key[0]}/{key[1]}", key[2], str(len(seeds)), f"{ders[focus]:.3f}", cell_text(groups[focus]),
-                     minutes_text(median_minutes(groups[focus])), rival, f"{ders[rival]:.3f}",
-                     cell_text(groups[rival]), minutes_text(median_minutes(groups[rival])), f"{margin:+.3f}", verdict])
-    if not body:
+        outcomes.append({"where": f"{key[0]}/{key[1]}", "attack": key[2], "seeds": len(seeds), "der": ders[focus],
+                         "text": cell_text(groups[focus]), "minutes": median_minutes(groups[focus]), "rival": rival,
+                         "rival_der": ders[rival], "rival_text": cell_text(groups[rival]),
+                         "rival_minutes": median_minutes(groups[rival]), "margin": margin,
+                         "verdict": "tie" if abs(margin) < 5e-3 else "wins" if margin > 0 else "loses"})
+    if not outcomes:
         return None
-    tally = ", ".join(f"{v} {sum(row[-1] == v for row in body)}" for v in ("wins", "tie", "loses"))
+    body = [[o["where"], o["attack"], str(o["seeds"]), f"{o['der']:.3f}", o["text"], minutes_text(o["minutes"]),
+             o["rival"], f"{o['rival_der']:.3f}", o["rival_text"], minutes_text(o["rival_minutes"]),
+             f"{o['margin']:+.3f}", o["verdict"]] for o in outcomes]
+    tally = ", ".join(f"{v} {sum(o['verdict'] == v for o in outcomes)}" for v in ("wins", "tie", "loses"))
     return {"title": f"{focus} against the best other defense ({tally}; mean DER over the row's seeds, "
                      "tie: within 0.005)",
             "header": ["data/arch", "attack", "seeds", f"{focus} DER", f"{focus} ACC / ASR", f"{focus} min",
                        "best other", "its DER", "its ACC / ASR", "its min", "margin", focus],
-            "body": body, "bold": [[] for _ in body], "words": in_words(body, rows, focus)}
+            "body": body, "bold": [[] for _ in body], "words": in_words(outcomes, rows, focus)}
 
 
 WORDS = "In words:"  # the comparison's paragraph starts so; a README copies it whole (scripts/readme_tables.py)
 
 
-def in_words(body: list[list[str]], rows: list[Row], focus: str) -> str:
-    """The comparison table ``body`` (:func:`versus`) in one paragraph: on how many attack rows
-    ``focus`` has the best DER, ties and loses, against whom and by how much, and its cost against
-    each other defense's (:func:`cost_ratios`)."""
-    count = {v: [row for row in body if row[-1] == v] for v in ("wins", "tie", "loses")}
-    text = f"{WORDS} {focus} has the best DER on {len(count['wins'])} of {len(body)} attack rows"
+def in_words(outcomes: list[dict[str, Any]], rows: list[Row], focus: str) -> str:
+    """The comparison's ``outcomes`` (:func:`versus`, one per attack row) in one paragraph: on how
+    many rows ``focus`` has the best DER, ties and loses, against whom and by how much, and its
+    cost against each other defense's (:func:`cost_ratios`)."""
+    count = {v: [o for o in outcomes if o["verdict"] == v] for v in ("wins", "tie", "loses")}
+    text = f"{WORDS} {focus} has the best DER on {len(count['wins'])} of {len(outcomes)} attack rows"
     if count["tie"]:
         text += f", ties on {len(count['tie'])} (within 0.005)"
     if count["loses"]:
         text += f" and loses on {len(count['loses'])}: " + "; ".join(
-            f"{row[0]} {row[1]} to {row[6]} by {-float(row[10]):.3f} ({focus} {row[4]}, {row[6]} {row[8]})"
-            for row in count["loses"])
+            f"{o['where']} {o['attack']} to {o['rival']} by {-o['margin']:.3f} ({focus} {o['text']}, "
+            f"{o['rival']} {o['rival_text']})" for o in count["loses"])
     else:
         text += "; it loses on none"
     ratios = cost_ratios(rows, focus)
@@ -238,16 +242,16 @@ def in_words(body: list[list[str]], rows: list[Row], focus: str) -> str:
 
 
 def cost_ratios(rows: list[Row], focus: str) -> dict[str, tuple[float, int]]:
-    """Per other defense (doing nothing and ``focus``'s other settings left out), the median over the models that both it and
-    ``focus`` ran (clean ones included) of its seconds over ``focus``'s, and how many models; the
-    defenses by name."""
+    """Per other defense (doing nothing and ``focus``'s other settings left out), the median over
+    the models that both it and ``focus`` ran (clean ones included) of its seconds over
+    ``focus``'s, and how many models; the defenses by name."""
     mine = {(r.dataset, r.arch, r.attack, r.seed): r.seconds for r in rows if r.defense == focus}
     ratios: dict[str, list[float]] = {}
     for r in rows:
         key = (r.dataset, r.arch, r.attack, r.seed)
         if family(r.defense) not in (family(focus), "none") and mine.get(key):
             ratios.setdefault(r.defense, []).append(r.seconds / mine[key])
-    return {d: (statistics.median(ratios[d]), len(ratios[d])) for d in order(set(ratios), [])}
+    return {d: (statistics.median(ratios[d]), len(ratios[d])) for d in sorted(ratios)}
 
 
 def ratio_text(ratio: float) -> str:
@@ -522,11 +526,22 @@ def grid_name(out: Path) -> str:
         return out.name
 
 
+def development_parts(development: str | Path | None) -> tuple[Path, Parts] | None:
+    """The development folder and its :func:`report_parts` (None without one)."""
+    return None if development is None else (Path(development), report_parts(Path(development)))
+
+
+def confirmatory_part(text: str) -> str:
+    """A two-part ``report.md``'s confirmatory part (what comes before its development grid); a
+    one-part report whole."""
+    return text.split(f"\n{DEVELOPMENT_HEADING}", 1)[0]
+
+
 def report_text(out: str | Path, development: str | Path | None = None) -> str:
     """``report.md`` of ``out``; with ``development``, in two labelled parts: ``out`` (the
     confirmatory grid, the headline) and below it the development grid's tables."""
     out = Path(out)
-    dev = None if development is None else (Path(development), report_parts(Path(development)))
+    dev = development_parts(development)
     return compose_markdown(out, report_parts(out), dev)
 
 
@@ -550,7 +565,7 @@ def write_report(out: str | Path, development: str | Path | None = None) -> dict
         raise TacreconError(f"--development {development}: the development grid must be another folder than {out}")
     parts = report_parts(out)
     rows, note, all_tables, names = parts
-    dev = None if development is None else (Path(development), report_parts(Path(development)))
+    dev = development_parts(development)
     md = compose_markdown(out, parts, dev)
     images = "".join(f"<figure><img src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
                      f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b in write_figures(out, rows))

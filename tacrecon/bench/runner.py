@@ -347,8 +347,7 @@ def _drive(runner: Inline, groups: dict[Path, list[Cell]], args: tuple, summary:
                 result = {"ok": False, "error": f"worker lost: {type(e).__name__}: {e}", "traceback": None}
                 if kind == "cell":
                     record_failure(what, args[0], result["error"], None, args[3])
-            first = what if kind == "cell" else groups[what][0]
-            say(bar, first.label if kind == "cell" else f"{first.label.rsplit('/', 1)[0]} (attack model)", result)
+            say(bar, what.label if kind == "cell" else f"{groups[what][0].model_label} (attack model)", result)
             if kind == "artifact" and result["ok"]:
                 ready.extend(groups[what])
                 continue
