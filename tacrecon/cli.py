@@ -142,7 +142,8 @@ def build_parser() -> Parser:
     p.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / workers)")
     p.add_argument("--backend", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
-    p.add_argument("--dry-run", action="store_true", help="only print what would run")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only print what would run and its cost, estimated from the finished cells")
     p.add_argument("--data-root", type=Path, default=None,
                    help="folder holding the datasets (default: $TACRECON_DATA, else the user cache dir)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
@@ -274,6 +275,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"({s['stale']} of them stale, {s['artifacts_to_train']} attack artifacts to train)" +
           ("" if args.dry_run or not s["to_run"] else f"; done {s['done']}, failed {s['failed']} "
                                                       f"in {s['seconds'] / 60:.1f} min") + f" -> {args.out}")
+    if args.dry_run:
+        print(f"cost: {s['estimate']}")
     return 1 if s["failed"] else 0
 
 

@@ -29,6 +29,7 @@ from tacrecon.artifact import is_current
 from tacrecon.attacks import ATTACKS
 from tacrecon.bench.cells import Cell, expand, names, select
 from tacrecon.bench.config import BenchConfig
+from tacrecon.bench.estimate import estimate
 from tacrecon.config import as_stored, differences
 from tacrecon.defenses import create_defense
 from tacrecon.errors import TacreconError
@@ -269,7 +270,8 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
     Args:
         workers: parallel jobs (local backend); each gets ``threads`` torch threads (default:
             the CPU count divided by ``workers``).
-        dry_run: only report what would run.
+        dry_run: only report what would run, and what it will cost (``summary["estimate"]``:
+            :mod:`tacrecon.bench.estimate`).
         artifacts: where the attack artifacts live (default ``out/artifacts``); artifacts made
             by ``tacrecon attack`` with the same inputs can be reused from there.
     """
@@ -294,6 +296,8 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
     missing = [p for p in groups if not is_current(p)]
     summary: dict[str, Any] = {"cells": len(cells), "finished_before": len(cells) - len(todo), "to_run": len(todo),
                "artifacts_to_train": len(missing), "stale": len(stale), "done": 0, "failed": 0}
+    if dry_run:
+        summary["estimate"] = estimate(todo, missing, out, artifacts).text() if todo else "nothing to run"
     if dry_run or not todo:
         return summary
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
