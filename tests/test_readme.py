@@ -102,4 +102,12 @@ def test_readme_tables_script_replaces_each_table_by_the_report_s_of_its_header(
     assert module.replace_tables(words, report + "\nIn words: new.\n") == "## R\n\nIn words: new.\n\nprose\n"
     with pytest.raises(SystemExit):
         module.replace_tables(words, report)
+    # a defense's column counts as any defense's: a new defense widens the detection table
+    detection = "## R\n\n| data/arch | attack | tac |\n|---|\n| old |\n"
+    wider = "| data/arch | attack | seeds |\n|---|\n| no |\n\n| data/arch | attack | nc-b683317b | tac |\n|---|\n| new |\n"
+    assert module.replace_tables(detection, wider) == (
+        "## R\n\n| data/arch | attack | nc-b683317b | tac |\n|---|\n| new |\n")
+    removal = "| data/arch | tac |\n|---|\n| old |\n"
+    assert module.replace_tables(removal, "| data/arch | tac | ftsam |\n|---|\n| new |") == (
+        "| data/arch | tac | ftsam |\n|---|\n| new |\n")
     assert confirmatory_part("| a |\n\n## Development grid: cpu (...)\n\n| b |\n") == "| a |\n"
