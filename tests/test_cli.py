@@ -131,3 +131,11 @@ def test_repair_line_names_the_classes_the_pairwise_look_added(capsys, monkeypat
     assert lines[1] == "m.pt: pairwise look: 1 pair(s) flagged, 1 (b) -> 2 (c) (spread 0.20; a pair far cheaper one " \
                        "way than the other: a source-specific backdoor, or one source of an all-to-one one)"
     assert lines[2].startswith("repaired (classes 2, 1 from the pairwise look): ACC 90.00% -> 89.00%")
+
+
+def test_bench_dry_run_lists_the_cells_and_their_cost(capsys, tmp_path):
+    code, out, _ = run(capsys, "bench", str(ROOT / "configs" / "smoke.yaml"), "--out", str(tmp_path / "o"), "--dry-run")
+    lines = out.splitlines()
+    assert code == 0 and lines[-2].startswith("smoke: ") and "0 already finished" in lines[-2]
+    assert lines[-1].startswith("cost: about 0.0 job-hours (0 cells and 0 attack models priced")  # nothing finished
+    assert all(line.count("/") == 4 for line in lines[:-2])  # one cell label a line
