@@ -8,12 +8,12 @@ A two-part report (``tacrecon report DIR --development DEV``) gives its confirma
 
 Each table of the README section is replaced by the report's table with the same first three
 header cells, cut after the first defense's column, which counts as any defense's (a grid that
-has run one more defense adds a column to its detection and removal-bar tables), taken in the report's order (the CIFAR-10
-table before the GTSRB one), and each
-paragraph that starts with "In words:" by the report's paragraph of that kind in the same place
-(the first by the first). The other prose around the tables is left as it is: reread it after the
-numbers change. ``tests/test_readme.py`` checks that every table and every such paragraph of those
-sections is one of the report's.
+has run one more defense adds a column to its detection and removal-bar tables), taken in the
+report's order (the CIFAR-10 table before the GTSRB one), and each paragraph that starts with
+"In words:" by the report's paragraph of that kind in the same place (the first by the first).
+The other prose around the tables is left as it is: reread it after the numbers change.
+``tests/test_readme.py`` checks that every table and every such paragraph of those sections is
+one of the report's.
 """
 
 from __future__ import annotations

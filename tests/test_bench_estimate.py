@@ -33,9 +33,9 @@ def test_unfinished_cells_cost_their_peers_median(tmp_path):
     finish(ft[0], out, 60.0)
     finish(ft[1], out, 120.0)
     todo = [ft[2]]
-    result = estimate(todo, [ft[2].artifact_path(out / "artifacts")], out, out / "artifacts")
+    result = estimate(todo, [ft[2]], out, out / "artifacts")
     assert result.cell_seconds == {ft[2].label: pytest.approx(90.0)}
-    assert list(result.model_seconds.values()) == [pytest.approx(900.0)]
+    assert result.model_seconds == {ft[2].model_label: pytest.approx(900.0)}
     assert result.hours == pytest.approx(990 / 3600)
     assert result.cells_unpriced == 0 and "without" not in result.text()
 

@@ -17,12 +17,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from tacrecon.artifact import ATTACK_JSON
 from tacrecon.bench.cells import FAILED_SUFFIX, Cell
 from tacrecon.config import as_stored
 from tacrecon.defenses import DEFENSES, create_defense
 from tacrecon.io import read_json
-
-ATTACK_JSON = "attack.json"
 
 
 @dataclass
@@ -30,7 +29,7 @@ class Estimate:
     """The priced part of a plan: seconds of the priced cells and models, and what has no peer."""
 
     cell_seconds: dict[str, float]  # cell label -> median seconds of its peers
-    model_seconds: dict[str, float]  # artifact path -> median seconds of its peers
+    model_seconds: dict[str, float]  # model label -> median seconds of its peers
     cells_unpriced: int
     models_unpriced: int
 
@@ -79,9 +78,9 @@ def trained_models(artifacts: Path) -> dict[tuple[str, ...], list[float]]:
     return seconds
 
 
-def estimate(todo: list[Cell], to_train: list[Path], out: Path, artifacts: Path) -> Estimate:
-    """Price ``todo`` (cells not finished) and ``to_train`` (artifact folders of those cells that
-    are not trained yet) from the finished cells under ``out`` and artifacts under ``artifacts``."""
+def estimate(todo: list[Cell], to_train: list[Cell], out: Path, artifacts: Path) -> Estimate:
+    """Price ``todo`` (cells not finished) and ``to_train`` (one cell per attack model not trained
+    yet) from the finished cells under ``out`` and artifacts under ``artifacts``."""
     cells = finished_cells(out)
     priced: dict[str, float] = {}
     for cell in todo:
@@ -90,11 +89,9 @@ def estimate(todo: list[Cell], to_train: list[Path], out: Path, artifacts: Path)
         if peers:
             priced[cell.label] = statistics.median(peers)
     models = trained_models(artifacts)
-    first = {c.artifact_path(artifacts): c for c in reversed(todo)}
     trained: dict[str, float] = {}
-    for path in to_train:
-        cell = first[path]
+    for cell in to_train:
         peers = models.get((cell.dataset, cell.arch, cell.attack)) or models.get((cell.dataset, cell.arch))
         if peers:
-            trained[str(path)] = statistics.median(peers)
+            trained[cell.model_label] = statistics.median(peers)
     return Estimate(priced, trained, len(todo) - len(priced), len(to_train) - len(trained))

@@ -297,7 +297,8 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
     summary: dict[str, Any] = {"cells": len(cells), "finished_before": len(cells) - len(todo), "to_run": len(todo),
                "artifacts_to_train": len(missing), "stale": len(stale), "done": 0, "failed": 0}
     if dry_run:
-        summary["estimate"] = estimate(todo, missing, out, artifacts).text() if todo else "nothing to run"
+        to_train = [groups[path][0] for path in missing]
+        summary["estimate"] = estimate(todo, to_train, out, artifacts).text() if todo else "nothing to run"
     if dry_run or not todo:
         return summary
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
