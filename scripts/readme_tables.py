@@ -21,7 +21,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tacrecon.bench.report import confirmatory_part, family, table_blocks, words_lines
+from tacrecon.bench.report import confirmatory_part, table_blocks, words_lines
+from tacrecon.bench.tables import family
 from tacrecon.defenses import DEFENSES
 
 ROOT = Path(__file__).resolve().parent.parent
