@@ -10,6 +10,13 @@ from tacrecon.bench.tables import mean_der, median_minutes
 from tacrecon.io import atomic_write_bytes
 from tacrecon.plots import plot_norms, png_bytes, pyplot
 
+MARKERS = "os^vD<>pP*Xh"  # one per defense, in the plot's order
+
+
+def point_style(i: int, defense: str) -> dict[str, object]:
+    """The scatter style of the ``i``-th defense of a plot: its marker, TAC's points larger."""
+    return {"marker": MARKERS[i % len(MARKERS)], "s": 60 if defense == "tac" else 30, "alpha": 0.8}
+
 
 def scatter_png(rows: list[Row], title: str) -> bytes | None:
     """ASR vs ACC after the defense, one colour per defense (attacked models only; one data set
@@ -18,11 +25,10 @@ def scatter_png(rows: list[Row], title: str) -> bytes | None:
     if not points:
         return None
     fig, ax = pyplot().subplots(figsize=(6, 4.2))
-    markers = "os^vD<>pP*Xh"
     for i, d in enumerate(order({r.defense for r in points}, ["none", "tac"])):
         group = [r for r in points if r.defense == d]
         ax.scatter([100 * r.acc for r in group], [100 * (r.asr or 0.0) for r in group], label=d,
-                   marker=markers[i % len(markers)], s=60 if d == "tac" else 30, alpha=0.8)
+                   **point_style(i, d))
     ax.set_xlabel("clean accuracy after defense (%)")
     ax.set_ylabel("attack success rate after defense (%)")
     ax.set_title(f"{title}: each point one attacked model, one defense (down-right is better)", fontsize=9)
@@ -42,14 +48,13 @@ def der_minutes_png(rows: list[Row], title: str) -> bytes | None:
     cols = min(4, len(attacks))
     lines = (len(attacks) + cols - 1) // cols
     fig, axes = pyplot().subplots(lines, cols, figsize=(3.2 * cols, 2.7 * lines), squeeze=False)
-    markers = "os^vD<>pP*Xh"
     defenses = order({r.defense for r in points}, ["tac"])
     for ax, attack in zip(axes.flat, attacks):
         for i, d in enumerate(defenses):
             group = [r for r in points if r.attack == attack and r.defense == d]
             if group:
                 ax.scatter([max(median_minutes(group) or 0.0, 0.01)], [mean_der(group)], label=d,
-                           marker=markers[i % len(markers)], s=60 if d == "tac" else 30, alpha=0.8)
+                           **point_style(i, d))
         ax.set_xscale("log")
         ax.set_title(attack, fontsize=9)
         ax.set_xlabel("minutes (median)", fontsize=8)
