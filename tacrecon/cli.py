@@ -273,8 +273,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(cell.label)
     print(f"{config.name}: {s['cells']} cells, {s['finished_before']} already finished, {s['to_run']} to run "
           f"({s['stale']} of them stale, {s['artifacts_to_train']} attack artifacts to train)" +
-          ("" if args.dry_run or not s["to_run"] else f"; done {s['done']}, failed {s['failed']} "
-                                                      f"in {s['seconds'] / 60:.1f} min") + f" -> {args.out}")
+          ("" if args.dry_run or not s["to_run"] else f"; done {s['done']}, failed {s['failed']}"
+                                                      + (f", {s['skipped']} left to another run" if s["skipped"] else "")
+                                                      + f" in {s['seconds'] / 60:.1f} min") + f" -> {args.out}")
     if args.dry_run:
         print(f"cost: {s['estimate']}")
     return 1 if s["failed"] else 0

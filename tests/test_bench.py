@@ -224,6 +224,32 @@ def test_a_cell_finished_by_a_concurrent_run_is_not_run_again(tmp_path, monkeypa
     assert cell.result_path(out).read_text() == before
 
 
+def test_a_cell_another_run_is_running_is_skipped_not_run_twice(tmp_path, monkeypatch):
+    # two bench runs with overlapping --only on one folder: the cell's lock is held by the first
+    import fcntl
+
+    config = BenchConfig.from_dict(TINY)
+    out = tmp_path / "out"
+    run_grid(config, out, only={"defense": ["none"]}, progress=False)
+    cell = next(c for c in expand(config) if c.defense == "ft")
+    import tacrecon.defenses as defenses
+
+    def never(*args, **kwargs):
+        raise AssertionError("the cell held by another run was run")
+
+    monkeypatch.setattr(defenses, "create_defense", never)
+    path = cell.result_path(out)
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as held:  # another open file: flock treats it as another process
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = runner.cell_job(cell, str(out), str(out / "artifacts"), None, "cpu", 1)
+        summary = run_grid(config, out, progress=False)
+    assert result["ok"] and result["skipped"] and not path.exists()
+    assert summary["skipped"] == 1 and summary["done"] == 0 and summary["failed"] == 0
+    monkeypatch.undo()
+    assert run_grid(config, out, progress=False)["done"] == 1 and path.exists()  # released: it runs
+
+
 def test_conflicting_inputs_are_an_error(tmp_path):
     config = BenchConfig.from_dict(TINY)
     out = tmp_path / "out"

@@ -2,7 +2,8 @@
 
 Scheduling is a two-level graph: one job per missing attack artifact, then one job per cell of that
 artifact as soon as it exists, so an artifact is trained once however many workers there are (a
-file lock also keeps two concurrent ``bench`` runs from training it twice). Backends: ``local``
+file lock also keeps two concurrent ``bench`` runs from training it twice; a cell that another run
+holds is skipped, not run twice). Backends: ``local``
 (in-process with one worker, else a process pool) and ``ray`` (the same jobs as Ray tasks on an
 existing cluster, or a local Ray instance). A failing job is recorded and the grid goes on.
 """
@@ -52,6 +53,23 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def try_lock(path: Path) -> Iterator[bool]:
+    """Like :func:`file_lock` without waiting: yields False (and holds nothing) when another
+    process holds ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _set_threads(threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
@@ -77,13 +95,24 @@ def artifact_job(cell: Cell, out: str, artifacts: str, root: str | None, device:
 
 
 def cell_job(cell: Cell, out: str, artifacts: str, root: str | None, device: str, threads: int | None) -> dict[str, Any]:
-    """Run the defense of ``cell`` on its (existing) artifact and write its result JSON."""
+    """Run the defense of ``cell`` on its (existing) artifact and write its result JSON; skipped
+    while another process holds the cell (its lock file beside the result)."""
+    _set_threads(threads)
+    path = cell.result_path(Path(out))
+    with try_lock(path.with_name(f".{path.name}.lock")) as mine:
+        if not mine:  # two bench runs on one folder (or Ray nodes sharing it) planned the same cell
+            log.info("cell %s is being run by another bench run: skipped", cell.label)
+            return {"ok": True, "label": cell.label, "skipped": True, "line": "being run by another bench run: skipped"}
+        return _run_cell(cell, out, artifacts, root, device)
+
+
+def _run_cell(cell: Cell, out: str, artifacts: str, root: str | None, device: str) -> dict[str, Any]:
+    """:func:`cell_job` once this run holds the cell's lock."""
     from tacrecon.artifact import load_artifact, stored_revision
     from tacrecon.commands.defend import defend_artifact
     from tacrecon.data import load_dataset
-    from tacrecon.defenses import create_defense
+    from tacrecon.defenses import create_defense  # looked up at call time: tests stand in for it
 
-    _set_threads(threads)
     start = time.perf_counter()
     try:
         if cell_state(cell, Path(out)) == "done":  # finished since the plan, by another run on the same folder
@@ -295,7 +324,7 @@ def run_grid(config: BenchConfig, out: str | Path, *, only: dict[str, list[str]]
         groups.setdefault(cell.artifact_path(artifacts), []).append(cell)
     missing = [p for p in groups if not is_current(p)]
     summary: dict[str, Any] = {"cells": len(cells), "finished_before": len(cells) - len(todo), "to_run": len(todo),
-               "artifacts_to_train": len(missing), "stale": len(stale), "done": 0, "failed": 0}
+               "artifacts_to_train": len(missing), "stale": len(stale), "done": 0, "failed": 0, "skipped": 0}
     if dry_run:
         to_train = [groups[path][0] for path in missing]
         summary["estimate"] = estimate(todo, to_train, out, artifacts).text() if todo else "nothing to run"
@@ -362,7 +391,7 @@ def _drive(runner: Inline, groups: dict[Path, list[Cell]], args: tuple, summary:
                 summary["failed"] += len(groups[what])
                 bar.update(len(groups[what]))
             else:
-                summary["done" if result["ok"] else "failed"] += 1
+                summary["failed" if not result["ok"] else "skipped" if result.get("skipped") else "done"] += 1
                 bar.update(1)
             bar.set_postfix(failed=summary["failed"])
         fill()
