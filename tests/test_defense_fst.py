@@ -73,3 +73,11 @@ def test_fit_keeps_the_head_norm_and_moves_it_away_from_the_old_head():
 def test_validate():
     with pytest.raises(TacreconError, match="alpha"):
         create_defense("fst", alpha=-0.1)
+
+
+def test_the_recipe_fine_tunes_on_random_crops_as_the_official_code_does():
+    from tacrecon.data.split import Split
+
+    clean = Split(torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
+    assert create_defense("fst").train_config(clean).crop_padding == 4
+    assert create_defense("fst", crop_padding=0).train_config(clean).crop_padding == 0
