@@ -139,6 +139,20 @@ def test_report_sets_tac_against_the_best_other_defense(tmp_path):
             "ft 1.0x (6 models), nc 1.0x (1 model).") in md.splitlines()
 
 
+def test_report_pairs_tac_with_each_rival_on_the_seeds_they_share(tmp_path):
+    # rivals on different seeds (one run on seed 0 only, one on seed 1 only) still make a row:
+    # each is set against tac on its own seeds, and the closest is the best other
+    for seed, der in ((0, 0.95), (1, 0.85)):
+        hand_cell(tmp_path, "badnets", seed, "none", 0.85, 0.95, 0.5)
+        hand_cell(tmp_path, "badnets", seed, "tac", 0.84, 0.10, der)
+    hand_cell(tmp_path, "badnets", 0, "ft", 0.84, 0.10, 0.90)  # margin +0.05 on seed 0
+    hand_cell(tmp_path, "badnets", 1, "nc", 0.84, 0.10, 0.88)  # margin -0.03 on seed 1
+    md = write_report(tmp_path)["md"]
+    assert "### tac against the best other defense (wins 0, tie 0, loses 1;" in md
+    assert "| cifar10/resnet_small | badnets | 1 | 0.850 | 84.0 / 10.0 | <0.1 | nc | 0.880 |" in md
+    assert "| -0.030 | loses |" in md
+
+
 def test_report_says_in_words_that_tac_loses_on_none_and_what_each_rival_costs(tmp_path):
     for defense, der, seconds in (("none", 0.5, 0.5), ("tac", 0.96, 60.0), ("ftsam", 0.95, 1200.0), ("clp", 0.6, 0.3)):
         hand_cell(tmp_path, "badnets", 0, defense, 0.84, 0.05, der, seconds=seconds)

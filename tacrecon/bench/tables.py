@@ -150,9 +150,11 @@ def family(defense: str) -> str:
 def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
     """Where ``focus`` wins and loses: for each attacked row, its mean DER against the best other
     defense's (another setting of ``focus``'s own defense, ``tac-<hash>`` beside ``tac``, is no
-    rival), the margin and the median minutes each took, over the seeds that every defense of the row has finished (a
-    defense still short of a seed is not left out of the comparison; the seed is) and on the
-    models the attack implanted in (:meth:`Row.implanted`). None without ``focus``.
+    rival), the margin and the median minutes each took, on the models the attack implanted in
+    (:meth:`Row.implanted`). Each rival is set against ``focus`` on the seeds both have finished
+    (a paired comparison: a rival still short of a seed, or run on only some seeds, is compared on
+    the ones it has), and the best other is the rival with the smallest margin. None without
+    ``focus``.
 
     DER = (max(0, ASR drop) - max(0, ACC drop) + 1) / 2, so a margin of 0.01 is one point of ASR
     removed (or of ACC kept) more than the rival, on average.
@@ -162,19 +164,16 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
     outcomes: list[dict[str, Any]] = []
     for key in sorted({(r.dataset, r.arch, r.attack) for r in rows if not r.clean}):
         sub = [r for r in rows if (r.dataset, r.arch, r.attack) == key and r.implanted()]
-        defenses = {r.defense for r in sub if r.defense == focus or family(r.defense) not in ("none", family(focus))}
-        seeds = set.intersection(*({r.seed for r in sub if r.defense == d} for d in defenses)) if defenses else set()
-        groups = {d: [r for r in sub if r.defense == d and r.seed in seeds] for d in defenses}
-        found = {d: mean_der(g) for d, g in groups.items() if g}
-        ders = {d: v for d, v in found.items() if v is not None}
-        if focus not in ders or len(ders) < 2:
+        rivals = sorted({r.defense for r in sub if family(r.defense) not in ("none", family(focus))})
+        pairs = [pair for d in rivals if (pair := paired(sub, focus, d))]
+        if not pairs:
             continue
-        rival = max((d for d in ders if d != focus), key=ders.__getitem__)
-        margin = ders[focus] - ders[rival]
-        outcomes.append({"where": f"{key[0]}/{key[1]}", "attack": key[2], "seeds": len(seeds), "der": ders[focus],
-                         "text": cell_text(groups[focus]), "minutes": median_minutes(groups[focus]), "rival": rival,
-                         "rival_der": ders[rival], "rival_text": cell_text(groups[rival]),
-                         "rival_minutes": median_minutes(groups[rival]), "margin": margin,
+        der, rival_der, mine, theirs = min(pairs, key=lambda pair: pair[0] - pair[1])  # the smallest margin
+        margin = der - rival_der
+        outcomes.append({"where": f"{key[0]}/{key[1]}", "attack": key[2], "seeds": len(mine), "der": der,
+                         "text": cell_text(mine), "minutes": median_minutes(mine), "rival": theirs[0].defense,
+                         "rival_der": rival_der, "rival_text": cell_text(theirs),
+                         "rival_minutes": median_minutes(theirs), "margin": margin,
                          "verdict": "tie" if abs(margin) < 5e-3 else "wins" if margin > 0 else "loses"})
     if not outcomes:
         return None
@@ -187,6 +186,18 @@ def versus(rows: list[Row], focus: str = "tac") -> dict[str, Any] | None:
             "header": ["data/arch", "attack", "seeds", f"{focus} DER", f"{focus} ACC / ASR", f"{focus} min",
                        "best other", "its DER", "its ACC / ASR", "its min", "margin", focus],
             "body": body, "bold": [[] for _ in body], "words": in_words(outcomes, rows, focus)}
+
+
+def paired(rows: list[Row], focus: str, rival: str) -> tuple[float, float, list[Row], list[Row]] | None:
+    """``focus``'s and ``rival``'s mean DER and cells among ``rows`` (one attack row) on the seeds
+    both have (one cell per seed, in seed order); None where they share no seed or either has no
+    DER there."""
+    mine = {r.seed: r for r in rows if r.defense == focus}
+    theirs = {r.seed: r for r in rows if r.defense == rival}
+    seeds = sorted(mine.keys() & theirs.keys())
+    a, b = [mine[s] for s in seeds], [theirs[s] for s in seeds]
+    der, rival_der = mean_der(a), mean_der(b)
+    return None if der is None or rival_der is None else (der, rival_der, a, b)
 
 
 WORDS = "In words:"  # the comparison's paragraph starts so; a README copies it whole (scripts/readme_tables.py)
