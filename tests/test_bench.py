@@ -239,8 +239,7 @@ def test_a_cell_another_run_is_running_is_skipped_not_run_twice(tmp_path, monkey
 
     monkeypatch.setattr(defenses, "create_defense", never)
     path = cell.result_path(out)
-    lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a") as held:  # another open file: flock treats it as another process
+    with open(runner.lock_path(path), "a") as held:  # another open file: flock treats it as another process
         fcntl.flock(held, fcntl.LOCK_EX)
         result = runner.cell_job(cell, str(out), str(out / "artifacts"), None, "cpu", 1)
         summary = run_grid(config, out, progress=False)

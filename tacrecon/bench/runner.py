@@ -41,26 +41,20 @@ log = logging.getLogger(__name__)
 ONLY_KEYS = ("dataset", "arch", "attack", "seed", "defense")
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if needed), released even if killed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def lock_path(path: Path) -> Path:
+    """The lock file of ``path`` (an artifact folder or a cell's result): hidden, beside it."""
+    return path.with_name(f".{path.name}.lock")
 
 
 @contextlib.contextmanager
-def try_lock(path: Path) -> Iterator[bool]:
-    """Like :func:`file_lock` without waiting: yields False (and holds nothing) when another
-    process holds ``path``."""
+def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive advisory lock on ``path`` (created if needed), released even if killed.
+    Yields whether this process holds it: always True when ``wait``, else False (holding
+    nothing) when another process holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -83,7 +77,7 @@ def artifact_job(cell: Cell, out: str, artifacts: str, root: str | None, device:
     _set_threads(threads)
     path = cell.artifact_path(Path(artifacts))
     try:
-        with file_lock(path.parent / f".{path.name}.lock"):
+        with file_lock(lock_path(path)):
             record = run_attack(cell.attack, cell.dataset, cell.arch, path, root=root, device=device, seed=cell.seed,
                                 config=cell.attack_params, train={**cell.train, "progress": progress},
                                 retrain_outdated=True)
@@ -98,8 +92,7 @@ def cell_job(cell: Cell, out: str, artifacts: str, root: str | None, device: str
     """Run the defense of ``cell`` on its (existing) artifact and write its result JSON; skipped
     while another process holds the cell (its lock file beside the result)."""
     _set_threads(threads)
-    path = cell.result_path(Path(out))
-    with try_lock(path.with_name(f".{path.name}.lock")) as mine:
+    with file_lock(lock_path(cell.result_path(Path(out))), wait=False) as mine:
         if not mine:  # two bench runs on one folder (or Ray nodes sharing it) planned the same cell
             log.info("cell %s is being run by another bench run: skipped", cell.label)
             return {"ok": True, "label": cell.label, "skipped": True, "line": "being run by another bench run: skipped"}
