@@ -35,13 +35,11 @@ import torch
 from tac_residual import cases
 
 from tacrecon.cli import parse_sets
-from tacrecon.data import Split
-from tacrecon.data.augment import stamp
 from tacrecon.defenses.tac import TAC
 from tacrecon.io import atomic_write_json, read_json
-from tacrecon.metrics import accuracy, predict, rate
+from tacrecon.metrics import accuracy
 from tacrecon.models import as_classifier
-from tacrecon.tac.residual import estimate_residual
+from tacrecon.tac.residual import estimate_residual, stamped_share
 from tacrecon.tac.stand_in import stand_in_success
 
 from common import DOCS, markdown_table, pct, write_result
@@ -60,13 +58,6 @@ def between(before: torch.nn.Module, after: torch.nn.Module, alpha: float) -> to
     return model.eval()
 
 
-def patch_share(model: torch.nn.Module, clean: Split, target: int, mask: torch.Tensor, pattern: torch.Tensor) -> float:
-    """The share of the clean images outside ``target`` that the patch (mask (1, H, W), pattern
-    (C, H, W)) sends to ``target``."""
-    others = clean.x[clean.y != target]
-    return rate(predict(model, others, transform=lambda x: stamp(x, mask, pattern)) == target)
-
-
 def measure(case: dict, model: torch.nn.Module, tac: TAC) -> dict:
     """The benchmark's and the defender's view of ``model`` (one point of the path)."""
     clean, target = case["clean"], case["target"]
@@ -76,7 +67,9 @@ def measure(case: dict, model: torch.nn.Module, tac: TAC) -> dict:
     if tac.stand_ins_ is not None:
         out["stand_in"] = stand_in_success(classifier, clean, target, tac.stand_ins_[0])
     if tac.patches_ is not None:
-        out["patch"] = patch_share(classifier, clean, target, tac.patches_[0][0], tac.patches_[1][0])
+        with torch.no_grad():
+            out["patch"] = stamped_share(classifier, clean.x[clean.y != target], tac.patches_[0][0],
+                                         tac.patches_[1][0], target)
     out["patch_score"] = estimate_residual(classifier, clean, target, tac.check,
                                            torch.Generator().manual_seed(case["seed"])).score
     return out
